@@ -1,0 +1,70 @@
+"""Start a task function in N ranks on this machine, through submitit's LocalExecutor.
+
+A task function never knows what started it: it reads its place with ``cluster.environment``.
+"""
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import submitit
+
+from cluster.watchdog import exit_when_gone
+
+R = TypeVar("R")
+POLL_S = 0.5
+
+
+class TaskFailedError(RuntimeError):
+    """A rank of a launched job raised or died; the message holds its last lines and its log."""
+
+
+def launch_local(
+    fn: Callable[..., R],
+    *args: Any,
+    tasks: int,
+    timeout_min: float,
+    log_dir: Path,
+    gpus: int = 0,
+    on_poll: Callable[[], None] = lambda: None,
+) -> R:
+    """Run ``fn(*args)`` in ``tasks`` processes on this machine and wait; ``on_poll`` runs while waiting.
+
+    Each rank stops itself when this process is gone (see ``cluster.watchdog``), so killing the
+    launcher kills the run, as it does with torchrun.
+    """
+    executor = submitit.LocalExecutor(folder=log_dir)
+    executor.update_parameters(tasks_per_node=tasks, nodes=1, timeout_min=timeout_min, gpus_per_node=gpus)
+    job = executor.submit(_watched, os.getpid(), fn, *args)
+    try:
+        while not job.done():
+            on_poll()
+            time.sleep(POLL_S)
+        on_poll()
+        return _rank0_result(job)
+    finally:
+        if not job.done():
+            job.cancel(check=False)
+
+
+def _watched(launcher_pid: int, fn: Callable[..., R], *args: Any) -> R:
+    exit_when_gone(launcher_pid)
+    return fn(*args)
+
+
+def _rank0_result(job: "submitit.Job[Any]") -> Any:
+    """Rank 0's return value, or every failed rank's last error line (one rank's crash often
+    shows on the others as a closed connection, so the cause may be on any of them)."""
+    failures = []
+    for index in range(job.num_tasks):
+        task = job.task(index)
+        error = task.exception()
+        if error is not None:
+            text = str(error).strip()
+            last = text.splitlines()[-1] if text else repr(error)
+            failures.append(f"rank {index}: {last} (log: {task.paths.stderr})")
+    if failures:
+        raise TaskFailedError("training failed on " + "; ".join(failures))
+    return job.task(0).result()

@@ -1,0 +1,233 @@
+"""Typed, validated settings: what a composed Hydra config becomes before anything runs.
+
+Each dataclass mirrors one config group in ``conf/``; every field has one line of doc, and
+``__post_init__`` raises ``ValueError`` with the fix. ``plan_from_config`` is the only place that
+touches omegaconf.
+"""
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+MODELS = ("mlp", "cnn", "resnet18", "transformer")
+DATASETS = ("synthetic", "mnist", "cifar10", "fake")
+STRATEGIES = ("ddp", "single")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "cosine")
+CLUSTERS = ("local", "debug", "inline")
+
+
+def _positive(owner: str, **values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{owner}.{name} must be positive, got {value}; set {owner}.{name}=<a number > 0>")
+
+
+def _one_of(owner: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {owner} {value!r}; choose one of: {', '.join(choices)} ({owner}=NAME)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    name: str  # architecture: mlp, cnn, resnet18 or transformer
+    hidden: int = 128  # mlp: width of the hidden layer (128 is the seed article's SimpleModel)
+    channels: tuple[int, ...] = (32, 64)  # cnn: output channels of each conv block
+    dim: int = 64  # transformer: token embedding width
+    depth: int = 4  # transformer: number of decoder blocks (pipeline stages split these)
+    heads: int = 4  # transformer: attention heads; must divide dim
+
+    def __post_init__(self) -> None:
+        _one_of("model", self.name, MODELS)
+        _positive("model", hidden=self.hidden, dim=self.dim, depth=self.depth, heads=self.heads)
+        if not self.channels or min(self.channels) <= 0:
+            raise ValueError(f"model.channels must be positive numbers, got {list(self.channels)}")
+        if self.dim % self.heads:
+            raise ValueError(f"model.dim={self.dim} is not divisible by model.heads={self.heads}; change one of them")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    name: str  # dataset: synthetic, mnist, cifar10 or fake (torchvision FakeData)
+    root: str = "data"  # mnist/cifar10: folder holding torchvision's on-disk layout
+    download: bool = False  # mnist/cifar10: fetch missing files from the internet (off: fail and say what is missing)
+    verify_md5: bool = True  # cifar10: check torchvision's checksums (off for subsets or repacked copies)
+    num_samples: int = 8192  # synthetic/fake: number of samples
+    image_shape: tuple[int, ...] = (1, 28, 28)  # synthetic/fake: shape of one sample (channels, height, width)
+    num_classes: int = 10  # synthetic/fake: number of labels
+    noise: float = 15.0  # synthetic: noise around each class prototype, relative to it (higher is harder)
+    seed: int = 1234  # synthetic/fake: seed of the data itself, separate from train.seed
+    num_workers: int = 0  # DataLoader worker processes per rank
+
+    def __post_init__(self) -> None:
+        _one_of("data", self.name, DATASETS)
+        _positive("data", num_samples=self.num_samples, num_classes=self.num_classes)
+        if len(self.image_shape) != 3 or min(self.image_shape) <= 0:
+            raise ValueError(f"data.image_shape must be [channels, height, width], got {list(self.image_shape)}")
+        if self.noise < 0 or self.num_workers < 0:
+            raise ValueError("data.noise and data.num_workers must not be negative")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    name: str  # optimizer: sgd or adamw
+    lr: float  # peak learning rate
+    momentum: float = 0.0  # sgd: momentum factor
+    weight_decay: float = 0.0  # L2 (sgd) or decoupled (adamw) weight decay
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw: moment decay rates
+    schedule: str = "constant"  # learning-rate schedule after warm-up: constant or cosine (to 0 at train.steps)
+    warmup_steps: int = 0  # optimizer steps of linear warm-up from 0 to lr
+
+    def __post_init__(self) -> None:
+        _one_of("optim", self.name, OPTIMIZERS)
+        _one_of("optim.schedule", self.schedule, SCHEDULES)
+        _positive("optim", lr=self.lr)
+        if self.warmup_steps < 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("optim.warmup_steps and optim.weight_decay must be >= 0, optim.momentum in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategyConfig:
+    name: str  # how the model is spread over ranks: ddp or single
+    bucket_cap_mb: float = 25.0  # ddp: gradient bucket size for the all-reduce
+
+    def __post_init__(self) -> None:
+        _one_of("strategy", self.name, STRATEGIES)
+        _positive("strategy", bucket_cap_mb=self.bucket_cap_mb)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    name: str  # where ranks run: local (N processes here), debug (this process) or inline (already started)
+    tasks_per_node: int = 1  # local: number of ranks to start
+    timeout_min: float = 60.0  # local: wall-clock limit of the run, in minutes
+
+    def __post_init__(self) -> None:
+        _one_of("cluster", self.name, CLUSTERS)
+        _positive("cluster", tasks_per_node=self.tasks_per_node, timeout_min=self.timeout_min)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    backend: str = "auto"  # process-group backend: auto (nccl with a GPU, gloo otherwise), gloo or nccl
+    timeout_s: float = 600.0  # how long a collective waits for the other ranks before failing
+
+    def __post_init__(self) -> None:
+        _one_of("distributed.backend", self.backend, ("auto", "gloo", "nccl"))
+        _positive("distributed", timeout_s=self.timeout_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int  # optimizer steps in total (a resumed run continues up to this count)
+    global_batch_size: int  # samples per optimizer step, summed over all data-parallel ranks
+    seed: int = 0  # seed of model init and of the per-epoch shuffling
+    log_every_steps: int = 20  # optimizer steps between two metrics records
+    checkpoint_every_steps: int = 100  # optimizer steps between two checkpoints (one is also written at the end)
+    keep_checkpoints: int = 3  # newest complete checkpoints kept on disk
+
+    def __post_init__(self) -> None:
+        _positive("train", steps=self.steps, global_batch_size=self.global_batch_size,
+                  log_every_steps=self.log_every_steps, checkpoint_every_steps=self.checkpoint_every_steps,
+                  keep_checkpoints=self.keep_checkpoints)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobPlan:
+    """Everything a rank needs, validated as a whole."""
+
+    model: ModelConfig
+    data: DataConfig
+    optim: OptimConfig
+    strategy: StrategyConfig
+    cluster: ClusterConfig
+    distributed: DistributedConfig
+    train: TrainConfig
+
+    def check_world(self, world_size: int) -> None:
+        """Raise unless this plan can run on ``world_size`` ranks."""
+        if self.strategy.name == "single" and world_size != 1:
+            raise ValueError(
+                f"strategy=single trains on one rank, but the job has {world_size}; "
+                "use strategy=ddp, or cluster.tasks_per_node=1"
+            )
+        if self.train.global_batch_size % world_size:
+            raise ValueError(
+                f"train.global_batch_size={self.train.global_batch_size} is not divisible by the "
+                f"{world_size} data-parallel ranks; use a multiple of {world_size}"
+            )
+
+    def fingerprint_config(self) -> dict[str, Any]:
+        """The settings a checkpoint must match to be resumed: what changes the numbers, flattened.
+
+        train.steps and the log/checkpoint cadence may change between runs (to train longer);
+        where and on how many ranks it runs may too (DDP's result does not depend on it).
+        """
+        relevant = {
+            "model": dataclasses.asdict(self.model),
+            "data": {k: v for k, v in dataclasses.asdict(self.data).items() if k not in ("root", "download", "num_workers")},
+            "optim": dataclasses.asdict(self.optim),
+            "strategy": self.strategy.name,
+            "train": {"global_batch_size": self.train.global_batch_size, "seed": self.train.seed},
+        }
+        flat = _flatten(json.loads(json.dumps(relevant)))
+        flat["fingerprint"] = hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+        return flat
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+_GROUPS = {
+    "model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "strategy": StrategyConfig,
+    "cluster": ClusterConfig, "distributed": DistributedConfig, "train": TrainConfig,
+}
+
+
+def plan_from_config(cfg: DictConfig) -> JobPlan:
+    """Turn a composed Hydra config into a validated plan; unknown or missing keys are errors."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(tree, dict)
+    parts = {}
+    for group, cls in _GROUPS.items():
+        values = tree.get(group)
+        if not isinstance(values, dict):
+            raise ValueError(f"the config has no '{group}' section; select one with {group}=NAME")
+        known = {field.name: field for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown setting {group}.{unknown[0]}; {group} takes: {', '.join(known)}")
+        missing = sorted(name for name, f in known.items()
+                         if name not in values and f.default is dataclasses.MISSING)
+        if missing:
+            raise ValueError(f"{group}.{missing[0]} is not set; add {group}.{missing[0]}=VALUE")
+        for name, value in values.items():
+            _check_type(f"{group}.{name}", value, known[name].type)
+        parts[group] = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    return JobPlan(**parts)
+
+
+def _check_type(key: str, value: Any, expected: Any) -> None:
+    """Hydra passes ``train.steps=ten`` through as a string: say so before it fails somewhere deep."""
+    origin = getattr(expected, "__origin__", expected)
+    if origin is tuple:
+        ok = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        kind = "a list of numbers, like [1, 2]"
+    elif expected is float:
+        ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif expected is int:
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+    else:
+        ok, kind = isinstance(value, expected), expected.__name__
+    if not ok:
+        raise ValueError(f"{key} must be {kind}, got {value!r}; set {key}=<{kind}>")

@@ -1,0 +1,63 @@
+"""One function per ``cluster=`` choice: check the plan against its world, start the ranks, return
+rank 0's summary. Checks that can fail run here, before any rank starts."""
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from cluster.checkpoint import SHARED_FILE, check_compatible, latest_checkpoint, load_file, read_marker
+from cluster.environment import SINGLE_PROCESS, detect_environment
+from cluster.launch import launch_local
+from cluster.rundir import check_writable, hold_run_dir
+from jobs.config import JobPlan
+from jobs.data import check_data_available
+from jobs.metrics import MetricsFollower, ProgressLine
+from jobs.task import run_task
+
+Summary = dict[str, Any] | None
+
+
+def preflight(plan: JobPlan, run_dir: Path, *, world_size: int) -> None:
+    """Everything that can be known to fail before a rank starts."""
+    plan.check_world(world_size)
+    check_data_available(plan.data)
+    check_writable(run_dir)
+    folder = latest_checkpoint(run_dir / "checkpoints")
+    if folder is not None:
+        check_compatible(read_marker(folder)["config"], plan.fingerprint_config(), folder=folder)
+        load_file(folder / SHARED_FILE)  # a damaged file fails here, not in every rank
+
+
+def run_local(plan: JobPlan, run_dir: Path) -> Summary:
+    """``cluster=local``: N ranks on this machine through submitit's LocalExecutor."""
+    preflight(plan, run_dir, world_size=plan.cluster.tasks_per_node)
+    progress = ProgressLine(plan.train.steps, stream=sys.stderr)
+    with hold_run_dir(run_dir), contextlib.closing(progress):
+        return launch_local(
+            run_task, plan, run_dir,
+            tasks=plan.cluster.tasks_per_node, timeout_min=plan.cluster.timeout_min,
+            log_dir=run_dir / "logs", on_poll=MetricsFollower(run_dir, progress).poll,
+        )
+
+
+def run_debug(plan: JobPlan, run_dir: Path) -> Summary:
+    """``cluster=debug``: one rank in this very process; breakpoints and pdb work."""
+    preflight(plan, run_dir, world_size=1)
+    with hold_run_dir(run_dir):
+        return run_task(plan, run_dir, env=SINGLE_PROCESS)
+
+
+def run_inline(plan: JobPlan, run_dir: Path) -> Summary:
+    """``cluster=inline``: this process is already one rank (torchrun, a hand-written srun)."""
+    env = detect_environment()
+    if env.is_main:
+        preflight(plan, run_dir, world_size=env.world_size)
+    return run_task(plan, run_dir, env=env)
+
+
+LAUNCHERS: dict[str, Callable[[JobPlan, Path], Summary]] = {
+    "local": run_local,
+    "debug": run_debug,
+    "inline": run_inline,
+}

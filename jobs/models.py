@@ -1,0 +1,102 @@
+"""The models a config can name; each is built for its dataset's sample shape and class count."""
+
+import math
+
+import torch
+import torchvision
+from torch import nn
+
+from jobs.config import ModelConfig
+
+
+class SimpleModel(nn.Module):
+    """The seed article's model (``../shared/seeds/001_*.txt``): flatten, 784 -> 128 -> ReLU -> 10 on MNIST."""
+
+    def __init__(self, in_features: int = 28 * 28, hidden: int = 128, num_classes: int = 10):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x.view(x.size(0), -1))))
+
+
+def _cnn(channels: tuple[int, ...], in_channels: int, num_classes: int) -> nn.Sequential:
+    """Conv-ReLU-pool blocks, then global average pooling and a linear head."""
+    layers: list[nn.Module] = []
+    for out_channels in channels:
+        layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
+        in_channels = out_channels
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def _resnet18(in_channels: int, num_classes: int) -> nn.Module:
+    """torchvision's ResNet-18, its stem taking the dataset's channel count."""
+    model = torchvision.models.resnet18(num_classes=num_classes)
+    if in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
+class PatchEmbedding(nn.Module):
+    """Each image row (all channels) becomes one token, plus a learned position embedding."""
+
+    def __init__(self, channels: int, height: int, width: int, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(channels * width, dim)
+        self.position = nn.Parameter(torch.zeros(height, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        rows = x.permute(0, 2, 1, 3).reshape(batch, height, channels * width)
+        return self.proj(rows) + self.position
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm causal self-attention and MLP; the unit that pipeline stages are cut from."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length = x.size(1)
+        causal = torch.triu(torch.full((length, length), -math.inf, device=x.device), diagonal=1)
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, attn_mask=causal, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class ClassifierHead(nn.Module):
+    """Normalise the last token, which has attended to every row, and classify it."""
+
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(x[:, -1]))
+
+
+def _transformer(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    """A small decoder stack as a flat sequence (embedding, blocks..., head), so stages can be cut."""
+    channels, height, width = shape
+    blocks = [DecoderBlock(cfg.dim, cfg.heads) for _ in range(cfg.depth)]
+    return nn.Sequential(PatchEmbedding(channels, height, width, cfg.dim), *blocks, ClassifierHead(cfg.dim, num_classes))
+
+
+def build_model(cfg: ModelConfig, *, sample_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The model ``cfg`` names, sized for samples of ``sample_shape`` (C, H, W)."""
+    channels = sample_shape[0]
+    if cfg.name == "mlp":
+        return SimpleModel(math.prod(sample_shape), cfg.hidden, num_classes)
+    if cfg.name == "cnn":
+        return _cnn(cfg.channels, channels, num_classes)
+    if cfg.name == "resnet18":
+        return _resnet18(channels, num_classes)
+    return _transformer(cfg, sample_shape, num_classes)

@@ -1,0 +1,28 @@
+"""What every rank runs, whatever started it: find its place, join the group, train."""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from cluster.environment import TaskEnvironment, detect_environment
+from cluster.process_group import process_group
+from jobs.config import JobPlan
+from jobs.loop import train
+
+
+def run_task(plan: JobPlan, run_dir: Path, env: TaskEnvironment | None = None) -> dict[str, Any] | None:
+    """Train as one rank of the job; rank 0 returns the summary."""
+    env = env or detect_environment()
+    # Ranks sharing a node share its cores; oversubscribed threads make every rank slower.
+    # Slurm already pins each task to its own CPUs.
+    ranks_here = 1 if env.launcher == "slurm" else max(1, env.world_size // env.num_nodes)
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // ranks_here))
+    with process_group(env, backend=plan.distributed.backend, timeout_s=plan.distributed.timeout_s) as group:
+        # Ranks started by hand (torchrun, srun) each composed their own Hydra run directory,
+        # and a timestamped one can differ by a second between them: rank 0's wins.
+        shared = [str(run_dir)]
+        dist.broadcast_object_list(shared, src=0, device=group.device)
+        return train(plan, env, group.device, Path(shared[0]))
