@@ -135,9 +135,8 @@ def load_file(path: Path) -> dict[str, Any]:
         ) from error
 
 
-def check_compatible(marker: Mapping[str, Any], config: Mapping[str, Any], *, folder: Path) -> None:
-    """Refuse a checkpoint written for another configuration, naming what differs."""
-    saved = marker.get("config")
+def check_compatible(saved: Any, config: Mapping[str, Any], *, folder: Path) -> None:
+    """Refuse a checkpoint whose saved configuration differs from ``config``, naming what differs."""
     if saved == config:
         return
     if not isinstance(saved, Mapping):

@@ -37,9 +37,9 @@ def check_data_available(cfg: DataConfig) -> None:
     missing = [name for name in files if not (folder / name).is_file()]
     if missing and not cfg.download:
         raise FileNotFoundError(
-            f"{cfg.name} files missing in {folder.resolve()}: {', '.join(missing)} "
-            f"(expected torchvision's layout: {', '.join(files)}); put them there, point data.root at "
-            "the folder that holds them, or set data.download=true"
+            f"{cfg.name} files missing in {folder.resolve()}: {', '.join(missing)}; put torchvision's "
+            f"{cfg.name} files there, point data.root at the folder that holds {folder.relative_to(cfg.root)}/, "
+            "or set data.download=true"
         )
 
 

@@ -25,7 +25,7 @@ def preflight(plan: JobPlan, run_dir: Path, *, world_size: int) -> None:
     check_writable(run_dir)
     folder = latest_checkpoint(run_dir / "checkpoints")
     if folder is not None:
-        check_compatible(read_marker(folder)["config"], plan.fingerprint_config(), folder=folder)
+        check_compatible(read_marker(folder).get("config"), plan.fingerprint_config(), folder=folder)
         load_file(folder / SHARED_FILE)  # a damaged file fails here, not in every rank
 
 

@@ -101,7 +101,7 @@ def resume(trainee: Trainee, plan: JobPlan, env: TaskEnvironment, root: Path) ->
     if folder is None:
         return
     marker = read_marker(folder)
-    check_compatible(marker["config"], plan.fingerprint_config(), folder=folder)
+    check_compatible(marker.get("config"), plan.fingerprint_config(), folder=folder)
     shared = load_file(folder / SHARED_FILE)
     unwrap(trainee.model).load_state_dict(shared["model"])
     trainee.optimizer.load_state_dict(shared["optimizer"])

@@ -1,0 +1,21 @@
+"""Hydra callbacks named in ``conf/train.yaml``."""
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from cluster.rundir import check_writable
+
+
+class CheckRunDir(Callback):
+    """Fail with one line, not Hydra's traceback, when the run directory cannot be created."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_writable(Path(config.hydra.run.dir))
+        except PermissionError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)

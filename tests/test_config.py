@@ -1,0 +1,74 @@
+"""Config groups composed with Hydra's compose(), and the plan they become."""
+
+import dataclasses
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from jobs.config import JobPlan, plan_from_config
+from tests.conftest import REPO
+
+
+def plan(*overrides: str) -> JobPlan:
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        return plan_from_config(compose(config_name="train", overrides=list(overrides)))
+
+
+def test_default_is_the_seed_articles_mlp_with_ddp_on_two_local_ranks():
+    p = plan()
+    assert (p.model.name, p.model.hidden, p.data.name, p.strategy.name) == ("mlp", 128, "synthetic", "ddp")
+    assert (p.cluster.name, p.cluster.tasks_per_node, p.data.image_shape) == ("local", 2, (1, 28, 28))
+    assert p.train.steps > 0 and p.train.global_batch_size % 2 == 0
+
+
+@pytest.mark.parametrize("group, choice", [
+    ("model", "cnn"), ("model", "resnet18"), ("model", "transformer"), ("data", "mnist"), ("data", "cifar10"),
+    ("data", "fake"), ("strategy", "single"), ("optim", "adamw"), ("cluster", "debug"), ("cluster", "inline"),
+])
+def test_every_group_option_composes_into_a_plan(group, choice):
+    assert getattr(plan(f"{group}={choice}"), group).name == choice
+
+
+def test_overrides_reach_typed_fields():
+    p = plan("train.steps=7", "optim.lr=0.5", "data.image_shape=[3,8,8]", "model=cnn", "model.channels=[4]")
+    assert (p.train.steps, p.optim.lr, p.data.image_shape, p.model.channels) == (7, 0.5, (3, 8, 8), (4,))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.steps=0", "train.steps must be positive"),
+    ("train.steps=-3", "train.steps must be positive"),
+    ("train.global_batch_size=0", "train.global_batch_size must be positive"),
+    ("cluster.tasks_per_node=0", "cluster.tasks_per_node must be positive"),
+    ("train.steps=ten", "train.steps must be a whole number"),
+    ("optim.lr=-1", "optim.lr must be positive"),
+    ("optim.schedule=linear", "unknown optim.schedule 'linear'"),
+    ("+train.epochs=3", "unknown setting train.epochs"),
+    ("model=transformer model.heads=3", "not divisible by model.heads=3"),
+    ("distributed.backend=mpi", "unknown distributed.backend"),
+])
+def test_bad_values_raise_with_the_field_and_a_fix(override, message):
+    with pytest.raises(ValueError, match=message):
+        plan(*override.split())
+
+
+def test_world_size_checks_name_both_factors():
+    p = plan("train.global_batch_size=10")
+    with pytest.raises(ValueError, match="global_batch_size=10 is not divisible by the 3"):
+        p.check_world(3)
+    with pytest.raises(ValueError, match="strategy=single trains on one rank"):
+        plan("strategy=single").check_world(2)
+
+
+def test_fingerprint_ignores_length_and_cadence_but_not_the_maths():
+    base = plan().fingerprint_config()
+    assert plan("train.steps=5", "train.log_every_steps=1", "cluster.tasks_per_node=4").fingerprint_config() == base
+    assert plan("optim.lr=0.01").fingerprint_config()["fingerprint"] != base["fingerprint"]
+    assert plan("train.seed=1").fingerprint_config()["fingerprint"] != base["fingerprint"]
+
+
+def test_every_field_has_a_one_line_doc_in_the_source():
+    source = (REPO / "jobs" / "config.py").read_text().splitlines()
+    for cls in (JobPlan.__annotations__[name] for name in JobPlan.__annotations__):
+        for field in dataclasses.fields(cls):
+            line = next(line for line in source if line.strip().startswith(f"{field.name}:"))
+            assert "#" in line, f"{cls.__name__}.{field.name} has no doc comment"

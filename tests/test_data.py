@@ -1,0 +1,80 @@
+"""Datasets read by torchvision from small files written here in the real on-disk formats."""
+
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from jobs.config import DataConfig
+from jobs.data import CIFAR10_FILES, MNIST_FILES, build_dataset, check_data_available
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    """MNIST's IDX format: magic (0, 0, dtype 0x08 = ubyte, ndim), big-endian sizes, raw bytes."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def mnist_root(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("t10k", 4)):
+        write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28)))
+        write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(count) % 10)
+    return tmp_path
+
+
+@pytest.fixture
+def cifar_root(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in CIFAR10_FILES[:-1]:  # python pickles of {"data": N x 3072 uint8, "labels": [...]}
+        batch = {"data": rng.integers(0, 256, (5, 3072), dtype=np.uint8), "labels": [1, 2, 3, 4, 5]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    return tmp_path
+
+
+def test_mnist_reads_idx_files(mnist_root):
+    info = build_dataset(DataConfig(name="mnist", root=str(mnist_root)))
+    image, label = info.dataset[3]
+    assert len(info.dataset) == 12 and image.shape == (1, 28, 28) and label == 3
+    assert info.sample_shape == (1, 28, 28) and info.num_classes == 10
+
+
+def test_cifar10_reads_python_batches(cifar_root):
+    info = build_dataset(DataConfig(name="cifar10", root=str(cifar_root), verify_md5=False))
+    image, label = info.dataset[6]
+    assert len(info.dataset) == 25 and image.shape == (3, 32, 32) and label == 2
+
+
+def test_cifar10_checksums_are_checked_by_default(cifar_root):
+    with pytest.raises(RuntimeError, match="corrupted"):
+        build_dataset(DataConfig(name="cifar10", root=str(cifar_root)))
+
+
+@pytest.mark.parametrize("name, files", [("mnist", MNIST_FILES), ("cifar10", CIFAR10_FILES)])
+def test_missing_files_error_names_the_folder_and_the_files(tmp_path, name, files):
+    with pytest.raises(FileNotFoundError) as caught:
+        check_data_available(DataConfig(name=name, root=str(tmp_path)))
+    message = str(caught.value)
+    assert str(tmp_path) in message and all(f in message for f in files) and "data.download=true" in message
+
+
+def test_synthetic_is_deterministic_and_balanced_enough():
+    a = build_dataset(DataConfig(name="synthetic", num_samples=1000))
+    b = build_dataset(DataConfig(name="synthetic", num_samples=1000))
+    assert torch.equal(a.dataset.tensors[0], b.dataset.tensors[0])
+    counts = torch.bincount(a.dataset.tensors[1], minlength=10)
+    assert counts.min() > 50
+    assert abs(a.dataset.tensors[0].std().item() - 1.0) < 0.05  # unit variance, whatever the noise
+
+
+def test_fake_data_has_the_configured_shape():
+    info = build_dataset(DataConfig(name="fake", num_samples=3, image_shape=(3, 8, 8)))
+    assert info.dataset[0][0].shape == (3, 8, 8) and len(info.dataset) == 3
