@@ -12,6 +12,7 @@ A folder is assembled as ``step-N.partial`` and renamed once ``COMPLETE`` is in 
 The newest valid folder on disk is what a job resumes from (torchtitan's ``_find_load_step``).
 """
 
+import hashlib
 import json
 import os
 import re
@@ -97,6 +98,8 @@ def save_checkpoint(
     if rank == 0:
         sizes = {child.name: child.stat().st_size for child in sorted(partial.iterdir())}
         marker = {"step": step, "world_size": world_size, "files": sizes, **meta}
+        if "config" in meta:
+            marker["fingerprint"] = config_digest(meta["config"])
         with open(partial / MARKER, "w") as handle:
             json.dump(marker, handle, indent=1, sort_keys=True)
             handle.flush()
@@ -147,6 +150,11 @@ def check_compatible(saved: Any, config: Mapping[str, Any], *, folder: Path) -> 
         f"checkpoint {folder} belongs to another configuration ({details}); "
         "run with the same settings to resume, or choose a new run directory (hydra.run.dir=...)"
     )
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    """A short, stable hash of a JSON-able configuration (the fingerprint shown in markers)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:

@@ -6,7 +6,6 @@ touches omegaconf.
 """
 
 import dataclasses
-import hashlib
 import json
 from typing import Any
 
@@ -173,9 +172,7 @@ class JobPlan:
             "strategy": self.strategy.name,
             "train": {"global_batch_size": self.train.global_batch_size, "seed": self.train.seed},
         }
-        flat = _flatten(json.loads(json.dumps(relevant)))
-        flat["fingerprint"] = hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
-        return flat
+        return _flatten(json.loads(json.dumps(relevant)))
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

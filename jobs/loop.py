@@ -172,7 +172,7 @@ def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Pa
         return None
     metrics.close()
     progress.close()
-    return _write_summary(trainee, plan, env, run_dir, resumed_from=resumed_from, elapsed_s=elapsed)
+    return _write_summary(trainee, plan, env, run_dir, device=device, resumed_from=resumed_from, elapsed_s=elapsed)
 
 
 def _step(trainee: Trainee, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -186,7 +186,7 @@ def _step(trainee: Trainee, inputs: torch.Tensor, targets: torch.Tensor) -> torc
 
 
 def _write_summary(trainee: Trainee, plan: JobPlan, env: TaskEnvironment, run_dir: Path, *,
-                   resumed_from: int, elapsed_s: float) -> dict[str, Any]:
+                   device: torch.device, resumed_from: int, elapsed_s: float) -> dict[str, Any]:
     steps_run = trainee.step - resumed_from
     summary = {
         "final_loss": trainee.loss,
@@ -196,6 +196,8 @@ def _write_summary(trainee: Trainee, plan: JobPlan, env: TaskEnvironment, run_di
         "run_dir": str(run_dir.resolve()),
         "world_size": env.world_size,
         "launcher": env.launcher,
+        "backend": dist.get_backend(),
+        "device": str(device),
         "resumed_from_step": resumed_from,
         "train_seconds": round(elapsed_s, 3),
         "last_checkpoint": str(step_dir(run_dir / "checkpoints", trainee.step).resolve()),

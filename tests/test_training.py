@@ -1,0 +1,96 @@
+"""Multi-process CPU runs of the real entry point, asserting numbers (gloo, 2 ranks)."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import REPO, final_model, read_summary, run_train
+
+pytestmark = pytest.mark.slow
+SHORT = ("train.steps=20", "train.global_batch_size=64", "train.log_every_steps=5", "train.checkpoint_every_steps=10")
+
+
+def test_main_job_learns_and_writes_its_summary(tmp_path):
+    result = run_train(f"hydra.run.dir={tmp_path}")
+    summary = read_summary(tmp_path)
+    assert {"final_loss", "steps", "samples_per_s", "param_digest", "run_dir"} <= set(summary)
+    assert summary["steps"] == 400 and summary["world_size"] == 2 and summary["run_dir"] == str(tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["step"] == 1 and records[0]["loss"] > 2.0  # log(10) = 2.30 at the start
+    assert summary["final_loss"] < 0.2 * records[0]["loss"]
+    assert summary["param_digest"] in result.stdout and f"run dir: {tmp_path}" in result.stdout
+    assert list((tmp_path / "tensorboard").iterdir()), "tensorboard is installed, so event files are expected"
+
+
+def test_two_rank_ddp_matches_one_process_on_the_whole_batch(tmp_path):
+    run_train(*SHORT, "cluster.tasks_per_node=2", f"hydra.run.dir={tmp_path / 'ddp'}")
+    run_train(*SHORT, "cluster=debug", f"hydra.run.dir={tmp_path / 'single'}")
+    ddp, single = final_model(tmp_path / "ddp"), final_model(tmp_path / "single")
+    assert ddp.keys() == single.keys()
+    for name in ddp:
+        torch.testing.assert_close(ddp[name], single[name], atol=1e-6, rtol=0, msg=name)
+    initial = build_initial_mlp()
+    assert not torch.allclose(ddp["fc1.weight"], initial["fc1.weight"], atol=1e-3), "the model did train"
+
+
+def build_initial_mlp() -> dict[str, torch.Tensor]:
+    from jobs.config import ModelConfig
+    from jobs.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(ModelConfig(name="mlp"), sample_shape=(1, 28, 28), num_classes=10).state_dict()
+
+
+def test_sigkilled_run_resumes_to_the_same_digest(tmp_path):
+    args = ("train.steps=600", "train.checkpoint_every_steps=100")
+    run_train(*args, f"hydra.run.dir={tmp_path / 'whole'}")
+    reference = read_summary(tmp_path / "whole")
+
+    killed_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "jobs.train", *args, f"hydra.run.dir={killed_dir}"]
+    launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = killed_dir / "checkpoints" / "step-000200" / "COMPLETE"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists():
+        assert launcher.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    time.sleep(2)  # the ranks notice their launcher is gone within half a second
+    assert not (killed_dir / "summary.json").exists()
+    frozen = sorted(p.name for p in (killed_dir / "checkpoints").iterdir())
+    time.sleep(1)
+    assert sorted(p.name for p in (killed_dir / "checkpoints").iterdir()) == frozen, "orphan ranks kept training"
+    assert "step-000600" not in frozen
+
+    run_train(*args, f"hydra.run.dir={killed_dir}")
+    resumed = read_summary(killed_dir)
+    assert resumed["resumed_from_step"] >= 200
+    assert resumed["param_digest"] == reference["param_digest"]
+    steps = [json.loads(line)["step"] for line in (killed_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)), "records of the lost steps were dropped, not duplicated"
+
+
+def test_torchrun_inline_trains_like_the_local_launcher(tmp_path, cpu_only_env):
+    run_train(*SHORT, f"hydra.run.dir={tmp_path / 'local'}")
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "jobs.train",
+         "cluster=inline", *SHORT, f"hydra.run.dir={tmp_path / 'torchrun'}"],
+        cwd=REPO, env=cpu_only_env, check=True, capture_output=True, timeout=300,
+    )
+    local, torchrun = read_summary(tmp_path / "local"), read_summary(tmp_path / "torchrun")
+    assert torchrun["launcher"] == "torchrun" and torchrun["world_size"] == 2
+    assert torchrun["param_digest"] == local["param_digest"]
+
+
+def test_a_finished_run_started_again_changes_nothing(tmp_path):
+    run_train(*SHORT, f"hydra.run.dir={tmp_path}")
+    first = read_summary(tmp_path)
+    run_train(*SHORT, f"hydra.run.dir={tmp_path}")
+    again = read_summary(tmp_path)
+    assert again["resumed_from_step"] == 20 and again["param_digest"] == first["param_digest"]
