@@ -1,4 +1,4 @@
-"""Start a task function in N ranks on this machine, through submitit's LocalExecutor.
+"""Start a task function in N ranks on this machine through submitit's LocalExecutor, and wait for jobs.
 
 A task function never knows what started it: it reads its place with ``cluster.environment``.
 """
@@ -39,14 +39,19 @@ def launch_local(
     executor.update_parameters(tasks_per_node=tasks, nodes=1, timeout_min=timeout_min, gpus_per_node=gpus)
     job = executor.submit(_watched, os.getpid(), fn, *args)
     try:
-        while not job.done():
-            on_poll()
-            time.sleep(POLL_S)
-        on_poll()
-        return _rank0_result(job)
+        return wait_for(job, on_poll=on_poll)
     finally:
         if not job.done():
             job.cancel(check=False)
+
+
+def wait_for(job: "submitit.Job[Any]", *, on_poll: Callable[[], None] = lambda: None) -> Any:
+    """Wait until ``job`` ends, calling ``on_poll`` meanwhile; rank 0's result, or TaskFailedError."""
+    while not job.done():
+        on_poll()
+        time.sleep(POLL_S)
+    on_poll()
+    return _rank0_result(job)
 
 
 def _watched(launcher_pid: int, fn: Callable[..., R], *args: Any) -> R:

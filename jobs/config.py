@@ -11,12 +11,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cluster.slurm import SlurmResources
+
 MODELS = ("mlp", "cnn", "resnet18", "transformer")
 DATASETS = ("synthetic", "mnist", "cifar10", "fake")
 STRATEGIES = ("ddp", "single")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine")
-CLUSTERS = ("local", "debug", "inline")
+CLUSTERS = ("local", "debug", "inline", "slurm")
 
 
 def _positive(owner: str, **values: float) -> None:
@@ -100,9 +102,11 @@ class StrategyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ClusterConfig:
-    name: str  # where ranks run: local (N processes here), debug (this process) or inline (already started)
-    tasks_per_node: int = 1  # local: number of ranks to start
+    name: str  # where ranks run: local (N processes here), debug (this process), inline (already started), slurm
+    tasks_per_node: int = 1  # local: number of ranks to start (slurm: see SlurmResources)
     timeout_min: float = 60.0  # local: wall-clock limit of the run, in minutes
+    wait: bool = False  # slurm: stay until the job ends and print its summary (default: return at once)
+    dry_run: bool = False  # slurm: print the sbatch script and the rank layout, submit nothing
 
     def __post_init__(self) -> None:
         _one_of("cluster", self.name, CLUSTERS)
@@ -145,6 +149,14 @@ class JobPlan:
     cluster: ClusterConfig
     distributed: DistributedConfig
     train: TrainConfig
+    slurm: SlurmResources | None = None  # the job's resources when cluster=slurm
+
+    @property
+    def world_size(self) -> int | None:
+        """Ranks the launcher will start; None for cluster=inline, whose ranks exist already."""
+        if self.slurm is not None:
+            return self.slurm.world_size
+        return {"local": self.cluster.tasks_per_node, "debug": 1}.get(self.cluster.name)
 
     def check_world(self, world_size: int) -> None:
         """Raise unless this plan can run on ``world_size`` ranks."""
@@ -195,31 +207,60 @@ def plan_from_config(cfg: DictConfig) -> JobPlan:
     """Turn a composed Hydra config into a validated plan; unknown or missing keys are errors."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(tree, dict)
-    parts = {}
+    parts: dict[str, Any] = {}
     for group, cls in _GROUPS.items():
         values = tree.get(group)
         if not isinstance(values, dict):
             raise ValueError(f"the config has no '{group}' section; select one with {group}=NAME")
-        known = {field.name: field for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"unknown setting {group}.{unknown[0]}; {group} takes: {', '.join(known)}")
-        missing = sorted(name for name, f in known.items()
-                         if name not in values and f.default is dataclasses.MISSING)
-        if missing:
-            raise ValueError(f"{group}.{missing[0]} is not set; add {group}.{missing[0]}=VALUE")
-        for name, value in values.items():
-            _check_type(f"{group}.{name}", value, known[name].type)
-        parts[group] = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        if group == "cluster" and values.get("name") == "slurm":
+            launcher_keys = {"name", "wait", "dry_run"}
+            parts["slurm"] = _build(SlurmResources, group, _slurm_values(
+                {k: v for k, v in values.items() if k not in launcher_keys}))
+            values = {k: v for k, v in values.items() if k in launcher_keys}
+        parts[group] = _build(cls, group, values)
     return JobPlan(**parts)
+
+
+def _slurm_values(values: dict[str, Any]) -> dict[str, Any]:
+    """YAML's natural forms for the Slurm group: a mapping of extra flags, tasks following GPUs."""
+    additional = values.get("additional") or {}
+    if not isinstance(additional, dict):
+        raise ValueError("cluster.additional must map sbatch flags to values, like {mail-type: END}")
+    if values.get("tasks_per_node") is None:
+        values = {**values, "tasks_per_node": values.get("gpus_per_node") or 1}
+    return {**values, "additional": [[str(k), str(v)] for k, v in sorted(additional.items())]}
+
+
+def _build(cls: type, group: str, values: dict[str, Any]) -> Any:
+    """``cls(**values)`` after checking names and types, so errors name the config key."""
+    known = {field.name: field for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown setting {group}.{unknown[0]}; {group} takes: {', '.join(known)}")
+    missing = sorted(name for name, f in known.items() if name not in values and f.default is dataclasses.MISSING)
+    if missing:
+        raise ValueError(f"{group}.{missing[0]} is not set; add {group}.{missing[0]}=VALUE")
+    for name, value in values.items():
+        _check_type(f"{group}.{name}", value, known[name].type)
+    return cls(**{k: _tuples(v) for k, v in values.items()})
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def _check_type(key: str, value: Any, expected: Any) -> None:
     """Hydra passes ``train.steps=ten`` through as a string: say so before it fails somewhere deep."""
     origin = getattr(expected, "__origin__", expected)
     if origin is tuple:
-        ok = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        kind = "a list of numbers, like [1, 2]"
+        item = getattr(expected, "__args__", (float,))[0]
+        if item is str:
+            ok, kind = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of strings"
+        elif getattr(item, "__origin__", None) is tuple:
+            ok, kind = isinstance(value, list), "a list of pairs"
+        else:
+            ok = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            kind = "a list of numbers, like [1, 2]"
     elif expected is float:
         ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
     elif expected is int:

@@ -8,8 +8,10 @@ from typing import Any, Callable
 
 from cluster.checkpoint import SHARED_FILE, check_compatible, latest_checkpoint, load_file, read_marker
 from cluster.environment import SINGLE_PROCESS, detect_environment
-from cluster.launch import launch_local
+from cluster.launch import launch_local, wait_for
 from cluster.rundir import check_writable, hold_run_dir
+from cluster.slurm import SlurmResources, render_sbatch, submit
+from cluster.slurm_limits import preflight as slurm_preflight
 from jobs.config import JobPlan
 from jobs.data import check_data_available
 from jobs.metrics import MetricsFollower, ProgressLine
@@ -56,8 +58,45 @@ def run_inline(plan: JobPlan, run_dir: Path) -> Summary:
     return run_task(plan, run_dir, env=env)
 
 
+def rank_layout(resources: SlurmResources) -> str:
+    """Which rank runs where, as a table: known before the job starts, up to the node names."""
+    lines = ["rank  node  local rank  device"]
+    for rank in range(resources.world_size):
+        node, local = divmod(rank, resources.tasks_per_node)
+        device = f"cuda:{local}" if resources.gpus_per_node else "cpu"
+        lines.append(f"{rank:>4}  {node:>4}  {local:>10}  {device}")
+    return "\n".join(lines)
+
+
+def run_slurm(plan: JobPlan, run_dir: Path) -> Summary:
+    """``cluster=slurm``: submit one job whose tasks are the ranks; return at once unless asked to wait."""
+    resources = plan.slurm
+    assert resources is not None
+    preflight(plan, run_dir, world_size=resources.world_size)
+    log_dir = run_dir / "logs"
+    if plan.cluster.dry_run:
+        print(render_sbatch(resources, folder=log_dir.resolve()))
+        print(f"# rank layout: {resources.nodes} node(s) x {resources.tasks_per_node} task(s); "
+              "nodes are numbered in the order of the job's node list, node 0 is MASTER_ADDR")
+        print(rank_layout(resources))
+        return None
+    partition = slurm_preflight(resources)
+    job = submit(run_task, plan, run_dir, resources=resources, folder=log_dir.resolve())
+    print(f"submitted job {job.job_id} to partition {partition.name}: "
+          f"{resources.nodes} node(s) x {resources.tasks_per_node} task(s)\n"
+          f"run dir: {run_dir.resolve()}\n"
+          f"logs:    {job.paths.stdout} (rank 0; rank r: {job.job_id}_r_log.out/.err)\n"
+          f"follow:  squeue -j {job.job_id}; tail -f {job.paths.stdout}", flush=True)
+    if not plan.cluster.wait:
+        return None
+    progress = ProgressLine(plan.train.steps, stream=sys.stderr)
+    with contextlib.closing(progress):
+        return wait_for(job, on_poll=MetricsFollower(run_dir, progress).poll)
+
+
 LAUNCHERS: dict[str, Callable[[JobPlan, Path], Summary]] = {
     "local": run_local,
     "debug": run_debug,
     "inline": run_inline,
+    "slurm": run_slurm,
 }

@@ -17,12 +17,13 @@ from cluster.checkpoint import CheckpointError
 from cluster.environment import HalfSetEnvironmentError
 from cluster.launch import TaskFailedError
 from cluster.rundir import RunDirectoryBusyError
+from cluster.slurm_limits import SlurmUnavailableError
 from jobs.config import plan_from_config
 from jobs.launchers import LAUNCHERS
 
 # Errors that mean "fix your input": one line and exit code 2, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, CheckpointError, HalfSetEnvironmentError,
-               RunDirectoryBusyError)
+               RunDirectoryBusyError, SlurmUnavailableError)
 
 
 @contextlib.contextmanager

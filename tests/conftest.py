@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,3 +36,35 @@ def cpu_only_env():
     """Environment for a child run: no launcher variables leaking in from the test's own process."""
     return {k: v for k, v in os.environ.items()
             if not k.startswith(("SLURM_", "SUBMITIT_", "TORCHELASTIC_")) and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+
+
+def slurm_required() -> bool:
+    """In CI a missing Slurm fails the run; elsewhere its tests are skipped with the reason."""
+    return os.environ.get("CI", "").lower() in ("1", "true") or os.environ.get("CLUSTERJOBS_REQUIRE_SLURM") == "1"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The local Slurm cluster (slurm/local-cluster), started if it is not running."""
+    answers = shutil.which("scontrol") and subprocess.run(["scontrol", "ping"], capture_output=True).returncode == 0
+    if not answers:
+        script = REPO / "slurm" / "local-cluster"
+        reason = None
+        if shutil.which("slurmctld") is None:
+            reason = "Slurm is not installed: run slurm/local-cluster install"
+        elif os.geteuid() != 0:
+            reason = "starting the local Slurm cluster needs root"
+        else:
+            started = subprocess.run([str(script), "up"], capture_output=True, text=True, timeout=180)
+            if started.returncode != 0:
+                reason = f"slurm/local-cluster up failed:\n{started.stdout}\n{started.stderr}"
+        if reason is not None:
+            if slurm_required():
+                pytest.fail(reason)
+            pytest.skip(reason)
+    return {"partition": "debug", "high_partition": "high", "nodes": 4}
+
+
+def squeue_ids() -> set[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout
+    return set(out.split())

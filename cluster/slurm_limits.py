@@ -1,0 +1,135 @@
+"""Check a job against the live cluster's limits before ``sbatch`` runs.
+
+``scontrol`` answers in ``Key=Value`` lines (``-o``: one record per line); the parsers here are pure
+and tested on captured output, ``read_partitions`` is the one call to the live cluster.
+"""
+
+import dataclasses
+import re
+import shutil
+import subprocess
+
+from cluster.hostlist import expand_hostlist
+from cluster.slurm import SlurmResources
+
+UNLIMITED = None
+TIMEOUT_S = 15  # a healthy controller answers in well under a second
+
+
+class SlurmUnavailableError(RuntimeError):
+    """Slurm is not installed here, or its controller does not answer."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition:
+    name: str
+    default: bool
+    state: str  # UP, DOWN, DRAIN, INACTIVE
+    total_nodes: int
+    max_nodes: int | None  # None: unlimited
+    max_time_min: int | None  # None: unlimited
+    nodes: tuple[str, ...]
+
+
+def parse_record(line: str) -> dict[str, str]:
+    """One ``scontrol show ... -o`` record as a dict (values may hold spaces only in the last key)."""
+    return dict(re.findall(r"(\S+?)=(\S*)", line))
+
+
+def parse_slurm_minutes(text: str) -> int | None:
+    """Slurm's time formats (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``) in whole minutes."""
+    if text in ("UNLIMITED", "INFINITE", "NONE"):
+        return UNLIMITED
+    days, _, clock = text.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+    elif len(parts) == 3:
+        hours, minutes, seconds = parts
+    else:
+        hours, (minutes, seconds) = 0, (parts + [0])[:2]
+    total_s = ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+    return total_s // 60
+
+
+def parse_partitions(output: str) -> list[Partition]:
+    partitions = []
+    for line in output.splitlines():
+        record = parse_record(line)
+        if "PartitionName" not in record:
+            continue
+        max_nodes = record.get("MaxNodes", "UNLIMITED")
+        partitions.append(Partition(
+            name=record["PartitionName"],
+            default=record.get("Default") == "YES",
+            state=record.get("State", "UP"),
+            total_nodes=int(record.get("TotalNodes", "0")),
+            max_nodes=None if max_nodes == "UNLIMITED" else int(max_nodes),
+            max_time_min=parse_slurm_minutes(record.get("MaxTime", "UNLIMITED")),
+            nodes=tuple(expand_hostlist(record["Nodes"])) if record.get("Nodes", "(null)") != "(null)" else (),
+        ))
+    return partitions
+
+
+def parse_node_cpus(output: str) -> dict[str, int]:
+    """Node name -> CPUs that jobs may use, from ``scontrol show node -o``."""
+    cpus = {}
+    for line in output.splitlines():
+        record = parse_record(line)
+        if "NodeName" in record:
+            cpus[record["NodeName"]] = int(record.get("CPUEfctv", record.get("CPUTot", "0")))
+    return cpus
+
+
+def check_fits(resources: SlurmResources, partitions: list[Partition], node_cpus: dict[str, int]) -> Partition:
+    """The partition the job goes to, or a ValueError naming the limit and the fix."""
+    if resources.partition:
+        chosen = next((p for p in partitions if p.name == resources.partition), None)
+        if chosen is None:
+            names = ", ".join(p.name for p in partitions) or "none"
+            raise ValueError(f"partition {resources.partition!r} does not exist (partitions: {names}); "
+                             "set cluster.partition=NAME")
+    else:
+        chosen = next((p for p in partitions if p.default), None)
+        if chosen is None:
+            raise ValueError("the cluster has no default partition; set cluster.partition=NAME")
+    if chosen.state != "UP":
+        raise ValueError(f"partition {chosen.name} is {chosen.state}; choose another with cluster.partition=NAME")
+    node_limit = min(n for n in (chosen.total_nodes, chosen.max_nodes) if n is not None)
+    if resources.nodes > node_limit:
+        raise ValueError(f"cluster.nodes={resources.nodes} exceeds partition {chosen.name}'s {node_limit} nodes; "
+                         f"ask for at most {node_limit}")
+    if chosen.max_time_min is not None and resources.timeout_min > chosen.max_time_min:
+        raise ValueError(f"cluster.timeout_min={resources.timeout_min} exceeds partition {chosen.name}'s MaxTime of "
+                         f"{chosen.max_time_min} min; lower it, or pick a partition that allows it")
+    cpus = sorted(node_cpus.get(node, 0) for node in chosen.nodes)
+    wanted = resources.tasks_per_node * resources.cpus_per_task
+    fitting = [c for c in cpus if c >= wanted]
+    if cpus and len(fitting) < resources.nodes:
+        raise ValueError(f"cluster.tasks_per_node x cluster.cpus_per_task = {wanted} CPUs per node, but only "
+                         f"{len(fitting)} of partition {chosen.name}'s nodes have that many (largest: {cpus[-1]}); "
+                         "use fewer tasks or CPUs per node")
+    return chosen
+
+
+def scontrol(*args: str) -> str:
+    """Run ``scontrol ARGS`` or raise SlurmUnavailableError with what to do."""
+    if shutil.which("scontrol") is None:
+        raise SlurmUnavailableError("Slurm is not installed here (no scontrol on PATH); submit from a login node "
+                                    "of your cluster, or start the local one: slurm/local-cluster up")
+    try:
+        done = subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise SlurmUnavailableError(f"the Slurm controller did not answer in {TIMEOUT_S} s; check `scontrol ping`, "
+                                    "or start the local cluster: slurm/local-cluster up") from None
+    if done.returncode != 0:
+        reason = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no message"]
+        raise SlurmUnavailableError(f"the Slurm controller is unreachable ({reason[0]}); check `scontrol ping`, "
+                                    "or start the local cluster: slurm/local-cluster up")
+    return done.stdout
+
+
+def preflight(resources: SlurmResources) -> Partition:
+    """Check ``resources`` against the live cluster; returns the partition the job goes to."""
+    return check_fits(resources, parse_partitions(scontrol("show", "partition", "-o")),
+                      parse_node_cpus(scontrol("show", "node", "-o")))

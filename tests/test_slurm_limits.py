@@ -1,0 +1,53 @@
+"""Parsing scontrol's answers and checking a job against them (output captured on the local cluster)."""
+
+import pytest
+
+from cluster.slurm import SlurmResources
+from cluster.slurm_limits import check_fits, parse_node_cpus, parse_partitions, parse_slurm_minutes
+
+PARTITIONS = (
+    "PartitionName=debug AllowGroups=ALL Default=YES QoS=N/A DefaultTime=NONE GraceTime=10 Hidden=NO "
+    "MaxNodes=UNLIMITED MaxTime=1-00:00:00 MinNodes=0 Nodes=node[1-4] PriorityTier=1 State=UP TotalCPUs=8 "
+    "TotalNodes=4 TRES=cpu=8,mem=16000M,node=4,billing=8\n"
+    "PartitionName=small Default=NO MaxNodes=2 MaxTime=30:00 Nodes=node[1-2] State=UP TotalNodes=2\n"
+    "PartitionName=off Default=NO MaxNodes=UNLIMITED MaxTime=UNLIMITED Nodes=node1 State=DOWN TotalNodes=1\n"
+)
+NODES = "\n".join(f"NodeName=node{i} Arch=x86_64 CPUAlloc=0 CPUEfctv=2 CPUTot=2 State=IDLE" for i in range(1, 5))
+
+
+@pytest.mark.parametrize("text, minutes", [
+    ("30", 30), ("30:00", 30), ("2:00:00", 120), ("1-00:00:00", 1440), ("2-12", 3600), ("1-0:30", 1470),
+    ("UNLIMITED", None), ("INFINITE", None),
+])
+def test_slurm_time_formats(text, minutes):
+    assert parse_slurm_minutes(text) == minutes
+
+
+def test_partitions_are_parsed():
+    debug, small, off = parse_partitions(PARTITIONS)
+    assert (debug.name, debug.default, debug.max_nodes, debug.max_time_min, debug.total_nodes) == (
+        "debug", True, None, 1440, 4)
+    assert debug.nodes == ("node1", "node2", "node3", "node4")
+    assert (small.max_nodes, small.max_time_min, off.state) == (2, 30, "DOWN")
+    assert parse_node_cpus(NODES) == {"node1": 2, "node2": 2, "node3": 2, "node4": 2}
+
+
+def fits(**resources):
+    return check_fits(SlurmResources(**resources), parse_partitions(PARTITIONS), parse_node_cpus(NODES))
+
+
+def test_default_partition_is_chosen():
+    assert fits(nodes=4, tasks_per_node=2).name == "debug"
+
+
+@pytest.mark.parametrize("resources, message", [
+    (dict(partition="gpu"), "partition 'gpu' does not exist (partitions: debug, small, off)"),
+    (dict(nodes=5), "cluster.nodes=5 exceeds partition debug's 4 nodes"),
+    (dict(nodes=3, partition="small"), "cluster.nodes=3 exceeds partition small's 2 nodes"),
+    (dict(timeout_min=31, partition="small"), "cluster.timeout_min=31 exceeds partition small's MaxTime of 30 min"),
+    (dict(partition="off"), "partition off is DOWN"),
+    (dict(tasks_per_node=2, cpus_per_task=2), "4 CPUs per node, but only 0 of partition debug's nodes"),
+])
+def test_jobs_beyond_the_limits_are_refused_naming_the_limit(resources, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        fits(**resources)
