@@ -71,17 +71,25 @@ def parse_partitions(output: str) -> list[Partition]:
     return partitions
 
 
-def parse_node_cpus(output: str) -> dict[str, int]:
-    """Node name -> CPUs that jobs may use, from ``scontrol show node -o``."""
-    cpus = {}
+@dataclasses.dataclass(frozen=True)
+class Node:
+    cpus: int  # CPUs that jobs may use
+    gpus: int  # GPUs in its generic resources
+
+
+def parse_nodes(output: str) -> dict[str, Node]:
+    """Node name -> what it offers, from ``scontrol show node -o``."""
+    nodes = {}
     for line in output.splitlines():
         record = parse_record(line)
         if "NodeName" in record:
-            cpus[record["NodeName"]] = int(record.get("CPUEfctv", record.get("CPUTot", "0")))
-    return cpus
+            # Gres=gpu:8 or gpu:h100:8(S:0-1), several joined by commas; (null) when none
+            gpus = sum(int(m) for m in re.findall(r"gpu(?::[^:,(]+)?:(\d+)", record.get("Gres", "")))
+            nodes[record["NodeName"]] = Node(cpus=int(record.get("CPUEfctv", record.get("CPUTot", "0"))), gpus=gpus)
+    return nodes
 
 
-def check_fits(resources: SlurmResources, partitions: list[Partition], node_cpus: dict[str, int]) -> Partition:
+def check_fits(resources: SlurmResources, partitions: list[Partition], nodes: dict[str, Node]) -> Partition:
     """The partition the job goes to, or a ValueError naming the limit and the fix."""
     if resources.partition:
         chosen = next((p for p in partitions if p.name == resources.partition), None)
@@ -102,13 +110,18 @@ def check_fits(resources: SlurmResources, partitions: list[Partition], node_cpus
     if chosen.max_time_min is not None and resources.timeout_min > chosen.max_time_min:
         raise ValueError(f"cluster.timeout_min={resources.timeout_min} exceeds partition {chosen.name}'s MaxTime of "
                          f"{chosen.max_time_min} min; lower it, or pick a partition that allows it")
-    cpus = sorted(node_cpus.get(node, 0) for node in chosen.nodes)
+    offered = [nodes[name] for name in chosen.nodes if name in nodes]
     wanted = resources.tasks_per_node * resources.cpus_per_task
-    fitting = [c for c in cpus if c >= wanted]
-    if cpus and len(fitting) < resources.nodes:
+    fitting = [n for n in offered if n.cpus >= wanted]
+    if offered and len(fitting) < resources.nodes:
         raise ValueError(f"cluster.tasks_per_node x cluster.cpus_per_task = {wanted} CPUs per node, but only "
-                         f"{len(fitting)} of partition {chosen.name}'s nodes have that many (largest: {cpus[-1]}); "
-                         "use fewer tasks or CPUs per node")
+                         f"{len(fitting)} of partition {chosen.name}'s nodes have that many "
+                         f"(largest: {max(n.cpus for n in offered)}); use fewer tasks or CPUs per node")
+    with_gpus = [n for n in offered if n.gpus >= resources.gpus_per_node]
+    if offered and len(with_gpus) < resources.nodes:
+        raise ValueError(f"cluster.gpus_per_node={resources.gpus_per_node}, but only {len(with_gpus)} of partition "
+                         f"{chosen.name}'s nodes have that many GPUs (most: {max(n.gpus for n in offered)}); "
+                         "pick a GPU partition with cluster.partition=NAME, or cluster.gpus_per_node=0")
     return chosen
 
 
@@ -132,4 +145,4 @@ def scontrol(*args: str) -> str:
 def preflight(resources: SlurmResources) -> Partition:
     """Check ``resources`` against the live cluster; returns the partition the job goes to."""
     return check_fits(resources, parse_partitions(scontrol("show", "partition", "-o")),
-                      parse_node_cpus(scontrol("show", "node", "-o")))
+                      parse_nodes(scontrol("show", "node", "-o")))

@@ -3,7 +3,7 @@
 import pytest
 
 from cluster.slurm import SlurmResources
-from cluster.slurm_limits import check_fits, parse_node_cpus, parse_partitions, parse_slurm_minutes
+from cluster.slurm_limits import Node, check_fits, parse_nodes, parse_partitions, parse_slurm_minutes
 
 PARTITIONS = (
     "PartitionName=debug AllowGroups=ALL Default=YES QoS=N/A DefaultTime=NONE GraceTime=10 Hidden=NO "
@@ -12,7 +12,8 @@ PARTITIONS = (
     "PartitionName=small Default=NO MaxNodes=2 MaxTime=30:00 Nodes=node[1-2] State=UP TotalNodes=2\n"
     "PartitionName=off Default=NO MaxNodes=UNLIMITED MaxTime=UNLIMITED Nodes=node1 State=DOWN TotalNodes=1\n"
 )
-NODES = "\n".join(f"NodeName=node{i} Arch=x86_64 CPUAlloc=0 CPUEfctv=2 CPUTot=2 State=IDLE" for i in range(1, 5))
+NODES = "\n".join(f"NodeName=node{i} Arch=x86_64 CPUAlloc=0 CPUEfctv=2 CPUTot=2 Gres=(null) State=IDLE"
+                  for i in range(1, 4)) + "\nNodeName=node4 CPUTot=2 Gres=gpu:h100:4(S:0-1),gpu:a100:2 State=IDLE"
 
 
 @pytest.mark.parametrize("text, minutes", [
@@ -29,11 +30,11 @@ def test_partitions_are_parsed():
         "debug", True, None, 1440, 4)
     assert debug.nodes == ("node1", "node2", "node3", "node4")
     assert (small.max_nodes, small.max_time_min, off.state) == (2, 30, "DOWN")
-    assert parse_node_cpus(NODES) == {"node1": 2, "node2": 2, "node3": 2, "node4": 2}
+    assert parse_nodes(NODES) == {"node1": Node(2, 0), "node2": Node(2, 0), "node3": Node(2, 0), "node4": Node(2, 6)}
 
 
 def fits(**resources):
-    return check_fits(SlurmResources(**resources), parse_partitions(PARTITIONS), parse_node_cpus(NODES))
+    return check_fits(SlurmResources(**resources), parse_partitions(PARTITIONS), parse_nodes(NODES))
 
 
 def test_default_partition_is_chosen():
@@ -47,6 +48,7 @@ def test_default_partition_is_chosen():
     (dict(timeout_min=31, partition="small"), "cluster.timeout_min=31 exceeds partition small's MaxTime of 30 min"),
     (dict(partition="off"), "partition off is DOWN"),
     (dict(tasks_per_node=2, cpus_per_task=2), "4 CPUs per node, but only 0 of partition debug's nodes"),
+    (dict(nodes=2, gpus_per_node=1), "cluster.gpus_per_node=1, but only 1 of partition debug's nodes have that many"),
 ])
 def test_jobs_beyond_the_limits_are_refused_naming_the_limit(resources, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
