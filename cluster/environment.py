@@ -66,20 +66,31 @@ class _Source:
     declines_if: tuple[str, ...] = ()  # variables that hand the process to a later source
 
 
-def _slurm(v: dict[str, str], environ: Mapping[str, str]) -> TaskEnvironment:
+def _scheduled(v: dict[str, str], environ: Mapping[str, str], *, launcher: str, first_host: str,
+               restarts_variable: str = "") -> TaskEnvironment:
+    """A task of a scheduler that gives ranks but no rendezvous: rank 0's host and a port from the job id."""
     job_id = v["job_id"]
     return TaskEnvironment(
-        launcher="slurm",
+        launcher=launcher,
         rank=int(v["rank"]),
         local_rank=int(v["local_rank"]),
         world_size=int(v["world_size"]),
         node_rank=int(v["node_rank"]),
         num_nodes=int(v["num_nodes"]),
-        master_addr=environ.get("MASTER_ADDR") or expand_hostlist(v["nodelist"])[0],
+        master_addr=environ.get("MASTER_ADDR") or first_host,
         master_port=int(environ.get("MASTER_PORT") or derive_master_port(job_id)),
         job_id=job_id,
-        restart_count=int(environ.get("SLURM_RESTART_COUNT", "0")),
+        restart_count=int(environ.get(restarts_variable, "0")),  # Slurm sets it from the first requeue on
     )
+
+
+def _slurm(v: dict[str, str], environ: Mapping[str, str]) -> TaskEnvironment:
+    return _scheduled(v, environ, launcher="slurm", first_host=expand_hostlist(v["nodelist"])[0],
+                      restarts_variable="SLURM_RESTART_COUNT")
+
+
+def _submitit_local(v: dict[str, str], environ: Mapping[str, str]) -> TaskEnvironment:
+    return _scheduled(v, environ, launcher="local", first_host="127.0.0.1")
 
 
 def _torchrun(v: dict[str, str], environ: Mapping[str, str]) -> TaskEnvironment:
@@ -94,22 +105,6 @@ def _torchrun(v: dict[str, str], environ: Mapping[str, str]) -> TaskEnvironment:
         master_port=int(v["master_port"]),
         job_id=v["job_id"],
         restart_count=int(environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
-    )
-
-
-def _submitit_local(v: dict[str, str], environ: Mapping[str, str]) -> TaskEnvironment:
-    job_id = v["job_id"]
-    return TaskEnvironment(
-        launcher="local",
-        rank=int(v["rank"]),
-        local_rank=int(v["local_rank"]),
-        world_size=int(v["world_size"]),
-        node_rank=int(v["node_rank"]),
-        num_nodes=int(v["num_nodes"]),
-        master_addr=environ.get("MASTER_ADDR") or "127.0.0.1",
-        master_port=int(environ.get("MASTER_PORT") or derive_master_port(job_id)),
-        job_id=job_id,
-        restart_count=0,
     )
 
 
