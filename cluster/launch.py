@@ -27,7 +27,7 @@ def launch_local(
     tasks: int,
     timeout_min: float,
     log_dir: Path,
-    gpus: int = 0,
+    gpus: int = 0,  # GPUs the tasks may see (submitit shows none by default)
     on_poll: Callable[[], None] = lambda: None,
 ) -> R:
     """Run ``fn(*args)`` in ``tasks`` processes on this machine and wait; ``on_poll`` runs while waiting.

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from cluster.checkpoint import SHARED_FILE, check_compatible, latest_checkpoint, load_file, read_marker
 from cluster.environment import SINGLE_PROCESS, detect_environment
 from cluster.launch import launch_local, wait_for
@@ -33,12 +35,14 @@ def preflight(plan: JobPlan, run_dir: Path, *, world_size: int) -> None:
 
 def run_local(plan: JobPlan, run_dir: Path) -> Summary:
     """``cluster=local``: N ranks on this machine through submitit's LocalExecutor."""
-    preflight(plan, run_dir, world_size=plan.cluster.tasks_per_node)
+    tasks = plan.cluster.tasks_per_node
+    preflight(plan, run_dir, world_size=tasks)
     progress = ProgressLine(plan.train.steps, stream=sys.stderr)
     with hold_run_dir(run_dir), contextlib.closing(progress):
         return launch_local(
             run_task, plan, run_dir,
-            tasks=plan.cluster.tasks_per_node, timeout_min=plan.cluster.timeout_min,
+            # submitit hides every GPU from its tasks (CUDA_VISIBLE_DEVICES="") unless told how many to show
+            tasks=tasks, timeout_min=plan.cluster.timeout_min, gpus=min(tasks, torch.cuda.device_count()),
             log_dir=run_dir / "logs", on_poll=MetricsFollower(run_dir, progress).poll,
         )
 

@@ -55,3 +55,10 @@ def test_training_runs_on_the_gpu_with_nccl(tmp_path):
     summary = read_summary(tmp_path)
     assert (summary["backend"], summary["device"]) == ("nccl", "cuda:0")
     assert summary["final_loss"] < 2.0
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_local_launcher_lets_its_ranks_see_the_gpus(tmp_path):
+    run_train("cluster.tasks_per_node=1", "train.steps=30", f"hydra.run.dir={tmp_path}")
+    assert (read_summary(tmp_path)["backend"], read_summary(tmp_path)["device"]) == ("nccl", "cuda:0")
