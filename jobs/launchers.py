@@ -22,9 +22,9 @@ from jobs.task import run_task
 Summary = dict[str, Any] | None
 
 
-def preflight(plan: JobPlan, run_dir: Path, *, world_size: int) -> None:
-    """Everything that can be known to fail before a rank starts."""
-    plan.check_world(world_size)
+def preflight(plan: JobPlan, run_dir: Path, *, world_size: int | None = None) -> None:
+    """Everything that can be known to fail before a rank starts (world size: the plan's, by default)."""
+    plan.check_world(world_size or plan.world_size or 1)
     check_data_available(plan.data)
     check_writable(run_dir)
     folder = latest_checkpoint(run_dir / "checkpoints")
@@ -36,7 +36,7 @@ def preflight(plan: JobPlan, run_dir: Path, *, world_size: int) -> None:
 def run_local(plan: JobPlan, run_dir: Path) -> Summary:
     """``cluster=local``: N ranks on this machine through submitit's LocalExecutor."""
     tasks = plan.cluster.tasks_per_node
-    preflight(plan, run_dir, world_size=tasks)
+    preflight(plan, run_dir)
     progress = ProgressLine(plan.train.steps, stream=sys.stderr)
     with hold_run_dir(run_dir), contextlib.closing(progress):
         return launch_local(
@@ -49,7 +49,7 @@ def run_local(plan: JobPlan, run_dir: Path) -> Summary:
 
 def run_debug(plan: JobPlan, run_dir: Path) -> Summary:
     """``cluster=debug``: one rank in this very process; breakpoints and pdb work."""
-    preflight(plan, run_dir, world_size=1)
+    preflight(plan, run_dir)
     with hold_run_dir(run_dir):
         return run_task(plan, run_dir, env=SINGLE_PROCESS)
 
@@ -76,7 +76,7 @@ def run_slurm(plan: JobPlan, run_dir: Path) -> Summary:
     """``cluster=slurm``: submit one job whose tasks are the ranks; return at once unless asked to wait."""
     resources = plan.slurm
     assert resources is not None
-    preflight(plan, run_dir, world_size=resources.world_size)
+    preflight(plan, run_dir)
     log_dir = run_dir / "logs"
     if plan.cluster.dry_run:
         print(render_sbatch(resources, folder=log_dir.resolve()))
