@@ -14,6 +14,8 @@ from typing import Any, Callable
 import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
+from cluster.validation import require_one_of, require_positive
+
 SIGNALS = ("USR1", "USR2", "TERM", "INT", "HUP", "QUIT", "ALRM")
 _FLAG = re.compile(r"^[a-z][a-z0-9_-]*$")
 
@@ -40,13 +42,12 @@ class SlurmResources:
     additional: tuple[tuple[str, str], ...] = ()  # further sbatch options as (flag, value), e.g. (("mail-type", "END"),)
 
     def __post_init__(self) -> None:
-        for name in ("nodes", "tasks_per_node", "cpus_per_task", "timeout_min"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"cluster.{name} must be positive, got {getattr(self, name)}")
+        require_positive("cluster", nodes=self.nodes, tasks_per_node=self.tasks_per_node,
+                         cpus_per_task=self.cpus_per_task, timeout_min=self.timeout_min)
         if self.gpus_per_node < 0 or self.mem_gb < 0 or self.signal_lead_s < 0:
-            raise ValueError("cluster.gpus_per_node, cluster.mem_gb and cluster.signal_lead_s must not be negative")
-        if self.signal not in SIGNALS:
-            raise ValueError(f"cluster.signal={self.signal!r} is not one of {', '.join(SIGNALS)}")
+            raise ValueError("cluster.gpus_per_node, cluster.mem_gb and cluster.signal_lead_s must not be negative; "
+                             "use 0 for none")
+        require_one_of("cluster.signal", self.signal, SIGNALS)
         texts = [self.partition, self.account, self.qos, self.constraint, self.exclude, self.job_name,
                  *self.setup, *(part for pair in self.additional for part in pair)]
         for text in texts:

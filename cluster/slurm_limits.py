@@ -1,7 +1,7 @@
 """Check a job against the live cluster's limits before ``sbatch`` runs.
 
 ``scontrol`` answers in ``Key=Value`` lines (``-o``: one record per line); the parsers here are pure
-and tested on captured output, ``read_partitions`` is the one call to the live cluster.
+and tested on captured output, ``preflight`` is the one entry that asks the live cluster.
 """
 
 import dataclasses
@@ -32,7 +32,8 @@ class Partition:
 
 
 def parse_record(line: str) -> dict[str, str]:
-    """One ``scontrol show ... -o`` record as a dict (values may hold spaces only in the last key)."""
+    """One ``scontrol show ... -o`` record as a dict; a value with spaces (``OS=Linux 6.1 ...``) is cut
+    at its first space, which none of the keys read here has."""
     return dict(re.findall(r"(\S+?)=(\S*)", line))
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cluster.slurm import SlurmResources
+from cluster.validation import require_one_of, require_positive
 
 MODELS = ("mlp", "cnn", "resnet18", "transformer")
 DATASETS = ("synthetic", "mnist", "cifar10", "fake")
@@ -19,17 +20,6 @@ STRATEGIES = ("ddp", "single")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine")
 CLUSTERS = ("local", "debug", "inline", "slurm")
-
-
-def _positive(owner: str, **values: float) -> None:
-    for name, value in values.items():
-        if value <= 0:
-            raise ValueError(f"{owner}.{name} must be positive, got {value}; set {owner}.{name}=<a number > 0>")
-
-
-def _one_of(owner: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {owner} {value!r}; choose one of: {', '.join(choices)} ({owner}=NAME)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +32,8 @@ class ModelConfig:
     heads: int = 4  # transformer: attention heads; must divide dim
 
     def __post_init__(self) -> None:
-        _one_of("model", self.name, MODELS)
-        _positive("model", hidden=self.hidden, dim=self.dim, depth=self.depth, heads=self.heads)
+        require_one_of("model", self.name, MODELS)
+        require_positive("model", hidden=self.hidden, dim=self.dim, depth=self.depth, heads=self.heads)
         if not self.channels or min(self.channels) <= 0:
             raise ValueError(f"model.channels must be positive numbers, got {list(self.channels)}")
         if self.dim % self.heads:
@@ -64,8 +54,8 @@ class DataConfig:
     num_workers: int = 0  # DataLoader worker processes per rank
 
     def __post_init__(self) -> None:
-        _one_of("data", self.name, DATASETS)
-        _positive("data", num_samples=self.num_samples, num_classes=self.num_classes)
+        require_one_of("data", self.name, DATASETS)
+        require_positive("data", num_samples=self.num_samples, num_classes=self.num_classes)
         if len(self.image_shape) != 3 or min(self.image_shape) <= 0:
             raise ValueError(f"data.image_shape must be [channels, height, width], got {list(self.image_shape)}")
         if self.noise < 0 or self.num_workers < 0:
@@ -83,9 +73,9 @@ class OptimConfig:
     warmup_steps: int = 0  # optimizer steps of linear warm-up from 0 to lr
 
     def __post_init__(self) -> None:
-        _one_of("optim", self.name, OPTIMIZERS)
-        _one_of("optim.schedule", self.schedule, SCHEDULES)
-        _positive("optim", lr=self.lr)
+        require_one_of("optim", self.name, OPTIMIZERS)
+        require_one_of("optim.schedule", self.schedule, SCHEDULES)
+        require_positive("optim", lr=self.lr)
         if self.warmup_steps < 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("optim.warmup_steps and optim.weight_decay must be >= 0, optim.momentum in [0, 1)")
 
@@ -96,8 +86,8 @@ class StrategyConfig:
     bucket_cap_mb: float = 25.0  # ddp: gradient bucket size for the all-reduce
 
     def __post_init__(self) -> None:
-        _one_of("strategy", self.name, STRATEGIES)
-        _positive("strategy", bucket_cap_mb=self.bucket_cap_mb)
+        require_one_of("strategy", self.name, STRATEGIES)
+        require_positive("strategy", bucket_cap_mb=self.bucket_cap_mb)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +99,8 @@ class ClusterConfig:
     dry_run: bool = False  # slurm: print the sbatch script and the rank layout, submit nothing
 
     def __post_init__(self) -> None:
-        _one_of("cluster", self.name, CLUSTERS)
-        _positive("cluster", tasks_per_node=self.tasks_per_node, timeout_min=self.timeout_min)
+        require_one_of("cluster", self.name, CLUSTERS)
+        require_positive("cluster", tasks_per_node=self.tasks_per_node, timeout_min=self.timeout_min)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +109,8 @@ class DistributedConfig:
     timeout_s: float = 600.0  # how long a collective waits for the other ranks before failing
 
     def __post_init__(self) -> None:
-        _one_of("distributed.backend", self.backend, ("auto", "gloo", "nccl"))
-        _positive("distributed", timeout_s=self.timeout_s)
+        require_one_of("distributed.backend", self.backend, ("auto", "gloo", "nccl"))
+        require_positive("distributed", timeout_s=self.timeout_s)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +123,7 @@ class TrainConfig:
     keep_checkpoints: int = 3  # newest complete checkpoints kept on disk
 
     def __post_init__(self) -> None:
-        _positive("train", steps=self.steps, global_batch_size=self.global_batch_size,
+        require_positive("train", steps=self.steps, global_batch_size=self.global_batch_size,
                   log_every_steps=self.log_every_steps, checkpoint_every_steps=self.checkpoint_every_steps,
                   keep_checkpoints=self.keep_checkpoints)
 

@@ -16,8 +16,18 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from cluster.checkpoint import (CheckpointError, check_compatible, latest_checkpoint, load_file,
-                                prune_checkpoints, rank_file, read_marker, save_checkpoint, step_dir, SHARED_FILE)
+from cluster.checkpoint import (
+    SHARED_FILE,
+    CheckpointError,
+    check_compatible,
+    latest_checkpoint,
+    load_file,
+    prune_checkpoints,
+    rank_file,
+    read_marker,
+    save_checkpoint,
+    step_dir,
+)
 from cluster.environment import TaskEnvironment
 from cluster.rng import capture_rng_state, restore_rng_state, seed_everything
 from jobs.config import JobPlan

@@ -6,8 +6,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster.checkpoint import (MARKER, CheckpointError, check_compatible, latest_checkpoint, list_checkpoints,
-                                load_file, prune_checkpoints, read_marker, save_checkpoint, step_dir)
+from cluster.checkpoint import (
+    MARKER,
+    CheckpointError,
+    check_compatible,
+    latest_checkpoint,
+    list_checkpoints,
+    load_file,
+    prune_checkpoints,
+    read_marker,
+    save_checkpoint,
+    step_dir,
+)
 
 CONFIG = {"model.name": "mlp", "optim.lr": 0.05}
 

@@ -7,8 +7,17 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from cluster.slurm import SlurmResources
-from jobs.config import (ClusterConfig, DataConfig, DistributedConfig, JobPlan, ModelConfig, OptimConfig,
-                         StrategyConfig, TrainConfig, plan_from_config)
+from jobs.config import (
+    ClusterConfig,
+    DataConfig,
+    DistributedConfig,
+    JobPlan,
+    ModelConfig,
+    OptimConfig,
+    StrategyConfig,
+    TrainConfig,
+    plan_from_config,
+)
 from tests.conftest import REPO
 
 

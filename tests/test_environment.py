@@ -1,7 +1,12 @@
 import pytest
 
-from cluster.environment import (PORT_RANGE, SINGLE_PROCESS, HalfSetEnvironmentError, derive_master_port,
-                                 detect_environment)
+from cluster.environment import (
+    PORT_RANGE,
+    SINGLE_PROCESS,
+    HalfSetEnvironmentError,
+    derive_master_port,
+    detect_environment,
+)
 
 SLURM_RANK3 = {  # rank 3 of a 2 nodes x 2 tasks job, as seen on the local cluster
     "SLURM_JOB_ID": "18", "SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NTASKS": "4",

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from cluster.environment import detect_environment
 from cluster.process_group import process_group
-from cluster.slurm import SlurmResources, submit
+from cluster.slurm import SlurmResources, render_sbatch, submit
 from tests.conftest import read_summary, run_train, squeue_ids
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
@@ -88,9 +88,12 @@ def test_unreachable_slurm_is_a_clear_error(tmp_path):
 def test_hostile_job_name_is_only_a_name(tmp_path):
     canary = tmp_path / "canary"
     name = f"x; touch {canary}; $(touch {canary})"
-    job = submit(socket.gethostname, resources=SlurmResources(job_name=name, timeout_min=5), folder=tmp_path / "logs")
+    resources = SlurmResources(job_name=name, timeout_min=5)
+    job = submit(socket.gethostname, resources=resources, folder=tmp_path / "logs")
     job.result()
     assert not canary.exists()
+    # what a dry run prints is what was submitted, byte for byte
+    assert job.paths.submission_file.read_text() == render_sbatch(resources, folder=tmp_path / "logs")
     for _ in range(30):  # slurmdbd records the job a moment after it ends
         recorded = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job.job_id, "-o", "JobName"],
                                   capture_output=True, text=True).stdout.strip()
