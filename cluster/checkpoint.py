@@ -1,30 +1,44 @@
-"""Checkpoints on disk: ``step-N`` folders, written atomically, loaded without running code.
+"""Checkpoints on disk: ``step-N`` folders in the ``torch.distributed.checkpoint`` (DCP) layout,
+made valid by a completeness marker, read without running code.
 
-Layout of one checkpoint (every file written by ``torch.save``, read with ``weights_only=True``)::
+Layout of one checkpoint::
 
     checkpoints/step-000120/
-        state.pt        what all ranks share (model, optimizer, scheduler, step, data position), rank 0
-        rank-00000.pt   what each rank owns (its RNG states), one file per rank
-        COMPLETE        JSON: step, world size, file sizes, the config it belongs to; written last
+        .metadata        DCP's index of every tensor and object (written by rank 0)
+        __R_0.distcp     DCP's data, one file per rank (sharded strategies write their shards)
+        COMPLETE         JSON: step, world size, layout, config, file sizes; written last
 
-A folder is assembled as ``step-N.partial`` and renamed once ``COMPLETE`` is in it, so a folder named
-``step-N`` without its marker, or with files of other sizes than the marker says, is never loaded.
-The newest valid folder on disk is what a job resumes from (torchtitan's ``_find_load_step``).
+All ranks write into ``step-N.partial``; once DCP reports every rank done, rank 0 writes
+``COMPLETE`` and renames the folder. A folder named ``step-N`` without its marker, or with files of
+other sizes than the marker lists, is never loaded. The newest valid folder on disk is what a job
+resumes from (torchtitan's ``_find_load_step``), never a path stored in a pickle.
+
+DCP reads its ``.metadata`` with ``pickle`` and non-tensor values with ``torch.load(weights_only=False)``;
+``SafeReader`` and ``SafeLoadPlanner`` refuse anything but DCP's own records, tensors and plain containers.
 """
 
+import contextlib
 import hashlib
+import io
 import json
 import os
+import pickle
 import re
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, _EmptyStateDictLoadPlanner
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 MARKER = "COMPLETE"
-SHARED_FILE = "state.pt"
+PARTIAL_SUFFIX = ".partial"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -36,12 +50,12 @@ def step_dir(root: Path, step: int) -> Path:
     return root / f"step-{step:06d}"
 
 
-def rank_file(rank: int) -> str:
-    return f"rank-{rank:05d}.pt"
+def partial_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:06d}{PARTIAL_SUFFIX}"
 
 
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """``(step, folder)`` for every complete checkpoint under ``root``, oldest first."""
+    """``(step, folder)`` for every checkpoint under ``root`` that has its marker, oldest first."""
     if not root.is_dir():
         return []
     found = []
@@ -58,56 +72,56 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def _save_file(obj: Any, path: Path) -> None:
-    """``torch.save`` through a temporary name, flushed to disk before the rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
+def remove_partials(root: Path) -> list[Path]:
+    """Delete what killed writers left (``*.partial``); never valid, so always safe to drop."""
+    removed = sorted(root.glob(f"step-*{PARTIAL_SUFFIX}")) if root.is_dir() else []
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
+
+
+def first_failure(error: CheckpointException) -> BaseException:
+    """The first rank's own exception inside DCP's ``CheckpointException`` (a ``BaseException``)."""
+    for failure in error.failures.values():
+        return failure[0] if isinstance(failure, tuple) else failure
+    return error
+
+
+def write_state(state: Mapping[str, Any], folder: Path, *, process_group: dist.ProcessGroup | None) -> None:
+    """Every rank writes its part of ``state`` into ``folder`` (DCP); returns once all ranks have.
+
+    Raises the first failing rank's error on every rank.
+    """
+    try:
+        dcp.save(dict(state), storage_writer=FileSystemWriter(str(folder)), process_group=process_group)
+    except CheckpointException as error:
+        raise first_failure(error) from None
+
+
+def seal(folder: Path, final: Path, meta: Mapping[str, Any]) -> Path:
+    """Write the marker (with every file's size) into a fully written ``folder``, then rename it to ``final``."""
+    sizes = {child.name: child.stat().st_size for child in sorted(folder.iterdir()) if child.is_file()}
+    marker = {"files": sizes, **meta}
+    if "config" in meta:
+        marker["fingerprint"] = config_digest(meta["config"])
+    with open(folder / MARKER, "w") as handle:
+        json.dump(marker, handle, indent=1, sort_keys=True)
         handle.flush()
         os.fsync(handle.fileno())
-    tmp.replace(path)
-
-
-def save_checkpoint(
-    root: Path,
-    step: int,
-    *,
-    rank: int,
-    world_size: int,
-    shared: Mapping[str, Any] | None,
-    per_rank: Mapping[str, Any],
-    meta: Mapping[str, Any],
-    barrier: Callable[[], None],
-) -> Path:
-    """Write one checkpoint together with the other ranks; every rank calls this.
-
-    ``shared`` is written by rank 0 only (pass None elsewhere); ``meta`` (JSON-able) goes into the
-    marker so that compatibility can be checked without unpickling anything.
-    """
-    final = step_dir(root, step)
-    partial = final.with_name(final.name + ".partial")
-    if rank == 0:
-        # A partial folder is what a killed writer left behind: never valid, safe to drop.
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-    barrier()
-    _save_file(dict(per_rank), partial / rank_file(rank))
-    if rank == 0:
-        _save_file(dict(shared or {}), partial / SHARED_FILE)
-    barrier()
-    if rank == 0:
-        sizes = {child.name: child.stat().st_size for child in sorted(partial.iterdir())}
-        marker = {"step": step, "world_size": world_size, "files": sizes, **meta}
-        if "config" in meta:
-            marker["fingerprint"] = config_digest(meta["config"])
-        with open(partial / MARKER, "w") as handle:
-            json.dump(marker, handle, indent=1, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if final.exists():  # the same step saved again (a resumed run ending where it resumed)
-            shutil.rmtree(final)
-        partial.rename(final)
+    if final.exists():  # the same step saved again (a resumed run ending where it resumed)
+        shutil.rmtree(final)
+    folder.rename(final)
+    _fsync_dir(final.parent)
     return final
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_marker(folder: Path) -> dict[str, Any]:
@@ -127,28 +141,101 @@ def read_marker(folder: Path) -> dict[str, Any]:
     return marker
 
 
-def load_file(path: Path) -> dict[str, Any]:
-    """Load one checkpoint file onto the CPU, refusing anything but tensors and plain containers."""
+# What DCP's .metadata may name: its own record classes, paths, and torch's dtypes and sizes.
+_METADATA_MODULES = ("torch.distributed.checkpoint.", "pathlib")
+_METADATA_FUNCTIONS = {("torch.serialization", "_get_layout"), ("torch", "Size")}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        found = super().find_class(module, name)
+        if (module, name) in _METADATA_FUNCTIONS or isinstance(found, torch.dtype):
+            return found
+        if module.startswith(_METADATA_MODULES) and isinstance(found, type):
+            return found
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a DCP index")
+
+
+class SafeReader(FileSystemReader):
+    """DCP's file reader, with an index that may hold DCP's records but no code."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        path = Path(self.path) / ".metadata"
+        try:
+            with open(path, "rb") as handle:
+                metadata = _MetadataUnpickler(handle).load()
+        except Exception as error:
+            raise CheckpointError(f"checkpoint index {path} cannot be read ({type(error).__name__}: {error}); "
+                                  f"move {path.parent} out of the way to resume from the checkpoint before it") from error
+        if getattr(metadata, "storage_meta", None) is not None:
+            metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _WeightsOnlyBytes:
+    """Non-tensor values (step counts, RNG states, optimizer settings) must pass ``weights_only``
+    before DCP's own ``torch.load(weights_only=False)`` sees them."""
+
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        try:
+            torch.load(value, weights_only=True)
+        except Exception as error:
+            raise CheckpointError(f"checkpoint value {read_item.dest_index.fqn} holds more than tensors and plain "
+                                  f"containers ({type(error).__name__}); it was not written by clusterjobs") from error
+        value.seek(0)
+        super().load_bytes(read_item, value)  # type: ignore[misc]
+
+
+class SafeLoadPlanner(_WeightsOnlyBytes, DefaultLoadPlanner):
+    """Loads into a template state dict, as DCP's default planner does."""
+
+
+class _SafeWholeLoadPlanner(_WeightsOnlyBytes, _EmptyStateDictLoadPlanner):
+    """Loads everything a checkpoint holds, without a template (DCP's ``dcp_to_torch_save`` planner)."""
+
+
+def read_state(state: dict[str, Any], folder: Path, *, process_group: dist.ProcessGroup | None) -> None:
+    """Fill ``state`` (a template: the keys and tensor shapes to load) from a checkpoint, in place."""
+    with _reading(folder):
+        dcp.load(state, storage_reader=SafeReader(str(folder)), planner=SafeLoadPlanner(), process_group=process_group)
+
+
+def read_whole(folder: Path) -> dict[str, Any]:
+    """Everything in a checkpoint as plain tensors and values, in this one process (tools, tests)."""
+    state: dict[str, Any] = {}
+    # dcp.load keeps only the keys its argument had; DCP's own dcp_to_torch_save calls the inner loader.
+    with _reading(folder):
+        _load_state_dict(state, storage_reader=SafeReader(str(folder)), planner=_SafeWholeLoadPlanner(), no_dist=True)
+    return state
+
+
+@contextlib.contextmanager
+def _reading(folder: Path) -> Iterator[None]:
+    """DCP's errors (``BaseException``s wrapping each rank's) as one ``CheckpointError`` that says what to do."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a damaged zip or a forbidden global
-        raise CheckpointError(
-            f"checkpoint file {path} cannot be loaded ({type(error).__name__}: {str(error).splitlines()[0]}); "
-            f"move {path.parent} out of the way to resume from the checkpoint before it"
-        ) from error
+        yield
+    except CheckpointException as error:
+        cause = first_failure(error)
+        if isinstance(cause, CheckpointError):
+            raise cause from None
+        raise CheckpointError(f"checkpoint {folder} cannot be loaded ({type(cause).__name__}: "
+                              f"{str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}); "
+                              f"move {folder} out of the way to resume from the checkpoint before it") from None
 
 
-def check_compatible(saved: Any, config: Mapping[str, Any], *, folder: Path) -> None:
-    """Refuse a checkpoint whose saved configuration differs from ``config``, naming what differs."""
-    if saved == config:
-        return
+def check_compatible(saved: Any, current: Mapping[str, Any], *, folder: Path, allowed: tuple[str, ...] = ()) -> None:
+    """Refuse a checkpoint whose saved fingerprint differs from ``current`` in a key not in ``allowed``."""
     if not isinstance(saved, Mapping):
         raise CheckpointError(f"checkpoint {folder} does not record its configuration; start a new run directory")
-    changed = sorted(key for key in set(saved) | set(config) if saved.get(key) != config.get(key))
-    details = ", ".join(f"{key}: {saved.get(key)!r} -> {config.get(key)!r}" for key in changed)
+    changed = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
+    refused = [key for key in changed if key not in allowed]
+    if not refused:
+        return
+    details = ", ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in refused)
     raise CheckpointError(
-        f"checkpoint {folder} belongs to another configuration ({details}); "
-        "run with the same settings to resume, or choose a new run directory (hydra.run.dir=...)"
+        f"checkpoint {folder} belongs to another configuration or layout ({details}); run with the same settings "
+        f"to resume, allow the change with train.allow_changes=[{','.join(refused)}], "
+        "or choose a new run directory (hydra.run.dir=...)"
     )
 
 

@@ -27,6 +27,7 @@ def launch_local(
     tasks: int,
     timeout_min: float,
     log_dir: Path,
+    signal_lead_s: int = 30,  # the tasks get USR2 this long before timeout_min, and may ask to be restarted
     gpus: int = 0,  # GPUs the tasks may see (submitit shows none by default)
     on_poll: Callable[[], None] = lambda: None,
 ) -> R:
@@ -36,7 +37,8 @@ def launch_local(
     launcher kills the run, as it does with torchrun.
     """
     executor = submitit.LocalExecutor(folder=log_dir)
-    executor.update_parameters(tasks_per_node=tasks, nodes=1, timeout_min=timeout_min, gpus_per_node=gpus)
+    executor.update_parameters(tasks_per_node=tasks, nodes=1, timeout_min=timeout_min, gpus_per_node=gpus,
+                               signal_delay_s=signal_lead_s)
     job = executor.submit(_watched, os.getpid(), fn, *args)
     try:
         return wait_for(job, on_poll=on_poll)

@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cluster.requeue import RequeueBudget
 from cluster.slurm import SlurmResources
 from cluster.validation import require_one_of, require_positive
 
@@ -97,10 +98,13 @@ class ClusterConfig:
     timeout_min: float = 60.0  # local: wall-clock limit of the run, in minutes
     wait: bool = False  # slurm: stay until the job ends and print its summary (default: return at once)
     dry_run: bool = False  # slurm: print the sbatch script and the rank layout, submit nothing
+    signal_lead_s: int = 30  # local: seconds before timeout_min at which ranks get USR2 (rehearses a time limit)
 
     def __post_init__(self) -> None:
         require_one_of("cluster", self.name, CLUSTERS)
         require_positive("cluster", tasks_per_node=self.tasks_per_node, timeout_min=self.timeout_min)
+        if self.signal_lead_s < 0:
+            raise ValueError("cluster.signal_lead_s must not be negative; use 0 for a signal at the timeout itself")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +125,8 @@ class TrainConfig:
     log_every_steps: int = 20  # optimizer steps between two metrics records
     checkpoint_every_steps: int = 100  # optimizer steps between two checkpoints (one is also written at the end)
     keep_checkpoints: int = 3  # newest complete checkpoints kept on disk
+    async_checkpoint: bool = True  # write checkpoints in the background while training goes on (one at a time)
+    allow_changes: tuple[str, ...] = ()  # fingerprint keys a resume may change ([optim.lr, layout.world_size])
 
     def __post_init__(self) -> None:
         require_positive("train", steps=self.steps, global_batch_size=self.global_batch_size,
@@ -139,6 +145,7 @@ class JobPlan:
     cluster: ClusterConfig
     distributed: DistributedConfig
     train: TrainConfig
+    requeue: RequeueBudget = RequeueBudget()  # how often the job may come back, per cause
     slurm: SlurmResources | None = None  # the job's resources when cluster=slurm
 
     @property
@@ -161,11 +168,25 @@ class JobPlan:
                 f"{world_size} data-parallel ranks; use a multiple of {world_size}"
             )
 
+    @property
+    def stop_signal(self) -> str:
+        """The warning signal the ranks listen for (besides SIGTERM)."""
+        return self.slurm.signal if self.slurm is not None else "USR2"  # submitit's local controller sends USR2
+
+    @property
+    def signal_lead_s(self) -> float:
+        """Seconds between the warning signal and the end of the allocation."""
+        return self.slurm.signal_lead_s if self.slurm is not None else self.cluster.signal_lead_s
+
+    def fingerprint(self, world_size: int) -> dict[str, Any]:
+        """``fingerprint_config`` plus the parallel layout: what a checkpoint must match to be resumed."""
+        return {**self.fingerprint_config(), "layout.world_size": world_size}
+
     def fingerprint_config(self) -> dict[str, Any]:
         """The settings a checkpoint must match to be resumed: what changes the numbers, flattened.
 
-        train.steps and the log/checkpoint cadence may change between runs (to train longer);
-        where and on how many ranks it runs may too (DDP's result does not depend on it).
+        train.steps and the log/checkpoint cadence may change between runs (to train longer), and so
+        may where it runs; the number of ranks is part of ``fingerprint``.
         """
         relevant = {
             "model": dataclasses.asdict(self.model),
@@ -189,7 +210,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 _GROUPS = {
     "model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "strategy": StrategyConfig,
-    "cluster": ClusterConfig, "distributed": DistributedConfig, "train": TrainConfig,
+    "cluster": ClusterConfig, "distributed": DistributedConfig, "train": TrainConfig, "requeue": RequeueBudget,
 }
 
 

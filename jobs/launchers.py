@@ -8,12 +8,13 @@ from typing import Any, Callable
 
 import torch
 
-from cluster.checkpoint import SHARED_FILE, check_compatible, latest_checkpoint, load_file, read_marker
+from cluster.checkpoint import SafeReader, latest_checkpoint
 from cluster.environment import SINGLE_PROCESS, detect_environment
 from cluster.launch import launch_local, wait_for
 from cluster.rundir import check_writable, hold_run_dir
 from cluster.slurm import SlurmResources, render_sbatch, submit
 from cluster.slurm_limits import preflight as slurm_preflight
+from jobs.checkpointing import check_resumable
 from jobs.config import JobPlan
 from jobs.data import check_data_available
 from jobs.metrics import MetricsFollower, ProgressLine
@@ -24,13 +25,14 @@ Summary = dict[str, Any] | None
 
 def preflight(plan: JobPlan, run_dir: Path, *, world_size: int | None = None) -> None:
     """Everything that can be known to fail before a rank starts (world size: the plan's, by default)."""
-    plan.check_world(world_size or plan.world_size or 1)
+    world_size = world_size or plan.world_size or 1
+    plan.check_world(world_size)
     check_data_available(plan.data)
     check_writable(run_dir)
     folder = latest_checkpoint(run_dir / "checkpoints")
     if folder is not None:
-        check_compatible(read_marker(folder).get("config"), plan.fingerprint_config(), folder=folder)
-        load_file(folder / SHARED_FILE)  # a damaged file fails here, not in every rank
+        check_resumable(plan, folder, world_size)
+        SafeReader(str(folder)).read_metadata()  # a damaged index fails here, not in every rank
 
 
 def run_local(plan: JobPlan, run_dir: Path) -> Summary:
@@ -42,7 +44,8 @@ def run_local(plan: JobPlan, run_dir: Path) -> Summary:
         return launch_local(
             run_task, plan, run_dir,
             # submitit hides every GPU from its tasks (CUDA_VISIBLE_DEVICES="") unless told how many to show
-            tasks=tasks, timeout_min=plan.cluster.timeout_min, gpus=min(tasks, torch.cuda.device_count()),
+            tasks=tasks, timeout_min=plan.cluster.timeout_min, signal_lead_s=plan.cluster.signal_lead_s,
+            gpus=min(tasks, torch.cuda.device_count()),
             log_dir=run_dir / "logs", on_poll=MetricsFollower(run_dir, progress).poll,
         )
 

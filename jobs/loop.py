@@ -3,7 +3,6 @@
 Plain functions around one loop; the strategy, the model and the data are built elsewhere.
 """
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -16,20 +15,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from cluster.checkpoint import (
-    SHARED_FILE,
-    CheckpointError,
-    check_compatible,
-    latest_checkpoint,
-    load_file,
-    prune_checkpoints,
-    rank_file,
-    read_marker,
-    save_checkpoint,
-    step_dir,
-)
+from cluster.checkpoint import latest_checkpoint
+from cluster.checkpoint_writer import CheckpointWriter
 from cluster.environment import TaskEnvironment
-from cluster.rng import capture_rng_state, restore_rng_state, seed_everything
+from cluster.rng import seed_everything
+from cluster.supervisor import Supervisor
+from jobs.checkpointing import Trainee, checkpoint_meta, checkpoint_state, resume
 from jobs.config import JobPlan
 from jobs.data import build_dataset
 from jobs.metrics import MetricsLog, ProgressLine
@@ -57,17 +48,6 @@ class SkipFirst(Sampler[int]):
         return len(self.sampler) - self.skip
 
 
-@dataclasses.dataclass
-class Trainee:
-    """What the loop updates and a checkpoint must hold."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    step: int = 0  # optimizer steps completed
-    loss: float = float("nan")  # global mean loss of the last logged step
-
-
 def param_digest(model: nn.Module) -> str:
     """SHA-256 of every parameter and buffer, by name: equal digests mean bit-identical models."""
     digest = hashlib.sha256()
@@ -84,49 +64,12 @@ def global_mean(value: torch.Tensor) -> float:
     return total.item() / dist.get_world_size()
 
 
-def save(trainee: Trainee, plan: JobPlan, env: TaskEnvironment, root: Path) -> float:
-    """Write a checkpoint of the current step with all ranks; returns the seconds it took."""
-    started = time.perf_counter()
-    shared = None
-    if env.is_main:
-        shared = {
-            "model": unwrap(trainee.model).state_dict(),
-            "optimizer": trainee.optimizer.state_dict(),
-            "scheduler": trainee.scheduler.state_dict(),
-            "step": trainee.step,
-            "loss": trainee.loss,
-        }
-    save_checkpoint(
-        root, trainee.step, rank=env.rank, world_size=env.world_size, shared=shared,
-        per_rank={"rng": capture_rng_state()}, meta={"config": plan.fingerprint_config()}, barrier=dist.barrier,
-    )
-    if env.is_main:
-        prune_checkpoints(root, plan.train.keep_checkpoints)
-    return time.perf_counter() - started
+def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Path,
+          supervisor: Supervisor) -> dict[str, Any] | None:
+    """Train to ``plan.train.steps`` and return the summary (rank 0) or None (other ranks).
 
-
-def resume(trainee: Trainee, plan: JobPlan, env: TaskEnvironment, root: Path) -> None:
-    """Load the newest complete checkpoint under ``root``, if any, into ``trainee``."""
-    folder = latest_checkpoint(root)
-    if folder is None:
-        return
-    marker = read_marker(folder)
-    check_compatible(marker.get("config"), plan.fingerprint_config(), folder=folder)
-    shared = load_file(folder / SHARED_FILE)
-    unwrap(trainee.model).load_state_dict(shared["model"])
-    trainee.optimizer.load_state_dict(shared["optimizer"])
-    trainee.scheduler.load_state_dict(shared["scheduler"])
-    trainee.step, trainee.loss = shared["step"], shared["loss"]
-    own = folder / rank_file(env.rank)
-    if own.is_file():
-        restore_rng_state(load_file(own)["rng"])
-    elif marker["world_size"] == env.world_size:
-        raise CheckpointError(f"checkpoint {folder} lacks {own.name}; move it away to resume from the one before")
-    # else: the world size changed, and this rank had no predecessor: its RNG keeps the fresh seed.
-
-
-def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Path) -> dict[str, Any] | None:
-    """Train to ``plan.train.steps`` and return the summary (rank 0) or None (other ranks)."""
+    At a step boundary where ``supervisor`` says stop, every rank saves that step and hands over.
+    """
     plan.check_world(env.world_size)
     cfg = plan.train
     seed_everything(cfg.seed)  # the same initial model on every rank
@@ -136,9 +79,12 @@ def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Pa
     optimizer = build_optimizer(plan.optim, model.parameters())
     trainee = Trainee(model, optimizer, build_scheduler(plan.optim, optimizer, total_steps=cfg.steps))
     seed_everything(cfg.seed + 1 + env.rank)  # per-rank streams (dropout, augmentation) from here on
-    ckpt_root = run_dir / "checkpoints"
-    resume(trainee, plan, env, ckpt_root)
+    writer = CheckpointWriter(run_dir / "checkpoints", rank=env.rank, keep=cfg.keep_checkpoints,
+                              background=cfg.async_checkpoint, on_done=supervisor.saved)
+    resume(trainee, plan, env, writer.root, group=writer.group)
     resumed_from = trainee.step
+    supervisor.resumed(resumed_from)
+    meta = checkpoint_meta(plan, env.world_size)
 
     per_rank_batch = cfg.global_batch_size // env.world_size
     sampler = DistributedSampler(data.dataset, num_replicas=env.world_size, rank=env.rank,
@@ -161,8 +107,9 @@ def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Pa
         for inputs, targets in loader:
             loss = _step(trainee, inputs.to(device), targets.to(device))
             interval_steps += 1
+            stop = supervisor.should_stop(trainee.step)
             log_now = trainee.step % cfg.log_every_steps == 0 or trainee.step in (1, cfg.steps)
-            save_now = trainee.step % cfg.checkpoint_every_steps == 0 or trainee.step == cfg.steps
+            save_now = stop or trainee.step % cfg.checkpoint_every_steps == 0 or trainee.step == cfg.steps
             if log_now or save_now:
                 trainee.loss = global_mean(loss)
             if log_now:
@@ -174,9 +121,14 @@ def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Pa
                     metrics.write(record)
                     progress.show(record)
             if save_now:
-                save(trainee, plan, env, ckpt_root)
+                writer.save(checkpoint_state(trainee, env.rank), trainee.step, meta)
+            if stop:
+                writer.close()  # the preemption path waits for its checkpoint
+                supervisor.stopped(trainee.step)  # ends the task (JobEnd)
             if trainee.step == cfg.steps:
                 break
+    writer.close()
+    supervisor.finished(trainee.step)
     elapsed = time.perf_counter() - started
     if metrics is None or progress is None:
         return None
@@ -210,7 +162,7 @@ def _write_summary(trainee: Trainee, plan: JobPlan, env: TaskEnvironment, run_di
         "device": str(device),
         "resumed_from_step": resumed_from,
         "train_seconds": round(elapsed_s, 3),
-        "last_checkpoint": str(step_dir(run_dir / "checkpoints", trainee.step).resolve()),
+        "last_checkpoint": str(last.resolve()) if (last := latest_checkpoint(run_dir / "checkpoints")) else None,
     }
     tmp = run_dir / (SUMMARY_FILE + ".tmp")
     tmp.write_text(json.dumps(summary, indent=1) + "\n")

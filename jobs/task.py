@@ -1,4 +1,4 @@
-"""What every rank runs, whatever started it: find its place, join the group, train."""
+"""What every rank runs, whatever started it: find its place, join the group, train under supervision."""
 
 import os
 from pathlib import Path
@@ -7,14 +7,23 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from cluster.checkpoint import CheckpointError
 from cluster.environment import TaskEnvironment, detect_environment
 from cluster.process_group import process_group
+from cluster.requeue import JobEnd
+from cluster.supervisor import Supervisor
 from jobs.config import JobPlan
 from jobs.loop import train
 
+# Errors of the configuration or the run directory: the same on every retry.
+DETERMINISTIC = (ValueError, FileNotFoundError, PermissionError, CheckpointError)
+
 
 def run_task(plan: JobPlan, run_dir: Path, env: TaskEnvironment | None = None) -> dict[str, Any] | None:
-    """Train as one rank of the job; rank 0 returns the summary."""
+    """Train as one rank of the job; rank 0 returns the summary.
+
+    A stop (preemption, time limit) or a retried failure ends the task with ``JobEnd``; the job comes back.
+    """
     env = env or detect_environment()
     # Ranks sharing a node share its cores; oversubscribed threads make every rank slower.
     # Slurm already pins each task to its own CPUs.
@@ -25,4 +34,15 @@ def run_task(plan: JobPlan, run_dir: Path, env: TaskEnvironment | None = None) -
         # and a timestamped one can differ by a second between them: rank 0's wins.
         shared = [str(run_dir)]
         dist.broadcast_object_list(shared, src=0, device=group.device)
-        return train(plan, env, group.device, Path(shared[0]))
+        run_dir = Path(shared[0])
+        supervisor = Supervisor(env, run_dir, budget=plan.requeue, signal=plan.stop_signal, lead_s=plan.signal_lead_s,
+                                device=group.device)
+        supervisor.start()
+        try:
+            return train(plan, env, group.device, run_dir, supervisor)
+        except JobEnd:
+            raise
+        except Exception as error:
+            supervisor.failed(error, step=supervisor.step, 
+                               deterministic=supervisor.step is None and isinstance(error, DETERMINISTIC))
+            raise

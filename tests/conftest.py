@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cluster.checkpoint import read_whole
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -28,7 +30,7 @@ def read_summary(run_dir: Path) -> dict:
 
 def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
     summary = read_summary(run_dir)
-    return torch.load(Path(summary["last_checkpoint"]) / "state.pt", weights_only=True)["model"]
+    return read_whole(Path(summary["last_checkpoint"]))["model"]
 
 
 @pytest.fixture

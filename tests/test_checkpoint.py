@@ -1,106 +1,173 @@
-"""Checkpoint files: atomic folders, the completeness marker, damage and mismatch detection."""
+"""Checkpoints in the DCP layout: atomic folders, the completeness marker, safe loading, async writes."""
 
 import json
+import pickle
+import resource
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from cluster.checkpoint import (
     MARKER,
     CheckpointError,
+    SafeReader,
     check_compatible,
     latest_checkpoint,
     list_checkpoints,
-    load_file,
     prune_checkpoints,
     read_marker,
-    save_checkpoint,
+    read_state,
+    read_whole,
+    remove_partials,
     step_dir,
 )
+from cluster.checkpoint_writer import CheckpointWriter, stage
+from cluster.environment import SINGLE_PROCESS
+from cluster.process_group import process_group
 
 CONFIG = {"model.name": "mlp", "optim.lr": 0.05}
 
 
-def save(root: Path, step: int, **extra) -> Path:
-    return save_checkpoint(root, step, rank=0, world_size=1, shared={"w": torch.arange(4.0), "step": step},
-                           per_rank={"rng": torch.get_rng_state()}, meta={"config": CONFIG}, barrier=lambda: None,
-                           **extra)
+@pytest.fixture(scope="module")
+def group():
+    with process_group(SINGLE_PROCESS, backend="gloo", timeout_s=30):
+        yield
 
 
-def test_saved_checkpoint_round_trips_with_weights_only(tmp_path):
-    folder = save(tmp_path, 5)
-    assert folder == step_dir(tmp_path, 5) and (folder / MARKER).is_file()
-    assert read_marker(folder)["config"] == CONFIG
-    assert torch.equal(load_file(folder / "state.pt")["w"], torch.arange(4.0))
-    assert not list(tmp_path.glob("*.partial")) and not list(folder.glob("*.tmp"))
+def state(step: int) -> dict:
+    return {"w": torch.arange(4.0) * step, "progress": {"step": step, "loss": 0.5}, "rng": {"python": (3, (1, 2), None)}}
 
 
-def test_newest_complete_checkpoint_wins_and_partial_ones_are_ignored(tmp_path):
+def save(root: Path, step: int, *, background: bool = False, keep: int = 10) -> CheckpointWriter:
+    writer = CheckpointWriter(root, rank=0, keep=keep, background=background)
+    writer.save(state(step), step, {"world_size": 1, "config": CONFIG})
+    writer.close()
+    return writer
+
+
+def test_saved_checkpoint_round_trips(group, tmp_path):
+    result = save(tmp_path, 5).last
+    folder = step_dir(tmp_path, 5)
+    assert result.folder == folder and not result.error and (folder / MARKER).is_file()
+    assert read_marker(folder)["config"] == CONFIG and read_marker(folder)["step"] == 5
+    loaded = read_whole(folder)
+    assert torch.equal(loaded["w"], torch.arange(4.0) * 5) and loaded["progress"] == {"step": 5, "loss": 0.5}
+    template = {"w": torch.zeros(4), "progress": {"step": 0, "loss": 0.0}}
+    read_state(template, folder, process_group=None)
+    assert torch.equal(template["w"], torch.arange(4.0) * 5) and template["progress"]["step"] == 5
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_background_save_copies_the_state_before_training_changes_it(group, tmp_path):
+    live = state(7)
+    writer = CheckpointWriter(tmp_path, rank=0, keep=3, background=True)
+    writer.save(live, 7, {"world_size": 1, "config": CONFIG})
+    live["w"].add_(100)  # the next training step, while the writer may still run
+    result = writer.close()
+    assert result.stall_s < result.write_s
+    assert torch.equal(read_whole(step_dir(tmp_path, 7))["w"], torch.arange(4.0) * 7)
+
+
+def test_staged_copy_shares_no_memory():
+    original = {"a": [torch.ones(2)], "b": (torch.zeros(1), 3)}
+    copy = stage(original)
+    original["a"][0].add_(1)
+    assert torch.equal(copy["a"][0], torch.ones(2)) and copy["b"][1] == 3 and isinstance(copy["b"], tuple)
+
+
+def test_newest_complete_checkpoint_wins_and_partial_ones_are_ignored(group, tmp_path):
     save(tmp_path, 10)
     save(tmp_path, 20)
     (tmp_path / "step-000030.partial").mkdir()  # a writer killed mid-way
     unmarked = step_dir(tmp_path, 40)  # a folder without its marker
     unmarked.mkdir()
-    (unmarked / "state.pt").write_bytes(b"x")
+    (unmarked / ".metadata").write_bytes(b"x")
     assert latest_checkpoint(tmp_path) == step_dir(tmp_path, 20)
+    assert remove_partials(tmp_path) == [tmp_path / "step-000030.partial"]
 
 
-def test_stale_partial_folder_is_replaced_by_the_next_save(tmp_path):
-    stale = tmp_path / "step-000010.partial"
-    stale.mkdir(parents=True)
-    (stale / "junk").write_text("left by a killed writer")
-    folder = save(tmp_path, 10)
-    assert not stale.exists() and not (folder / "junk").exists()
+def test_failed_write_keeps_the_previous_checkpoint_and_leaves_nothing_half_written(group, tmp_path):
+    save(tmp_path, 10)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, hard))  # a disk that fills up after 64 bytes per file
+    try:
+        writer = CheckpointWriter(tmp_path, rank=0, keep=10, background=True)
+        writer.save(state(20), 20, {"world_size": 1, "config": CONFIG})
+        result = writer.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert result.folder is None and "File too large" in result.error
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [10]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000010"]
 
 
-def test_truncated_file_is_refused_by_its_size(tmp_path):
-    folder = save(tmp_path, 10)
-    data = (folder / "state.pt").read_bytes()
-    (folder / "state.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"corrupt: state.pt is \d+ bytes, expected \d+ bytes; move .* out of the way"):
+def test_truncated_file_is_refused_by_its_size(group, tmp_path):
+    save(tmp_path, 10)
+    folder = step_dir(tmp_path, 10)
+    data = (folder / "__0_0.distcp").read_bytes()
+    (folder / "__0_0.distcp").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"corrupt: __0_0.distcp is \d+ bytes, expected \d+ bytes; move .* out"):
         read_marker(folder)
 
 
-def test_garbage_of_the_right_size_is_refused_when_loaded(tmp_path):
-    folder = save(tmp_path, 10)
-    size = (folder / "state.pt").stat().st_size
-    (folder / "state.pt").write_bytes(b"\0" * size)
-    read_marker(folder)  # sizes match...
-    with pytest.raises(CheckpointError, match="cannot be loaded"):
-        load_file(folder / "state.pt")  # ...but it is no checkpoint
+def test_garbage_index_of_the_right_size_is_refused(group, tmp_path):
+    save(tmp_path, 10)
+    index = step_dir(tmp_path, 10) / ".metadata"
+    index.write_bytes(b"\0" * index.stat().st_size)
+    read_marker(index.parent)  # sizes match...
+    with pytest.raises(CheckpointError, match="checkpoint index .* cannot be read"):
+        SafeReader(str(index.parent)).read_metadata()  # ...but it is no index
 
 
-def test_pickled_code_is_refused(tmp_path):
-    evil = tmp_path / "evil.pt"
-    torch.save({"payload": Path("/tmp")}, evil)  # an arbitrary class: weights_only must refuse it
-    with pytest.raises(CheckpointError, match="cannot be loaded"):
-        load_file(evil)
+class Exploit:
+    def __reduce__(self):
+        return (print, ("pwned",))
 
 
-def test_unreadable_marker_is_refused(tmp_path):
-    folder = save(tmp_path, 10)
-    (folder / MARKER).write_text("{not json")
+def test_code_in_the_index_is_refused(group, tmp_path):
+    save(tmp_path, 10)
+    index = step_dir(tmp_path, 10) / ".metadata"
+    index.write_bytes(pickle.dumps({"payload": Exploit()}))
+    with pytest.raises(CheckpointError, match="builtins.print is not part of a DCP index"):
+        read_whole(index.parent)
+
+
+def test_code_in_a_value_is_refused(group, tmp_path):
+    writer = CheckpointWriter(tmp_path, rank=0, keep=3, background=False)
+    writer.save({"w": torch.ones(1), "extra": {"path": Path("/tmp")}}, 3, {"world_size": 1, "config": CONFIG})
+    with pytest.raises(CheckpointError, match="extra.path holds more than tensors and plain containers"):
+        read_whole(step_dir(tmp_path, 3))
+
+
+def test_unreadable_marker_is_refused(group, tmp_path):
+    save(tmp_path, 10)
+    (step_dir(tmp_path, 10) / MARKER).write_text("{not json")
     with pytest.raises(CheckpointError, match="unreadable COMPLETE marker"):
-        read_marker(folder)
+        read_marker(step_dir(tmp_path, 10))
 
 
-def test_incompatible_config_names_each_change(tmp_path):
-    folder = save(tmp_path, 10)
+def test_incompatible_config_names_each_change_unless_allowed(group, tmp_path):
+    save(tmp_path, 10)
+    folder = step_dir(tmp_path, 10)
     other = {**CONFIG, "optim.lr": 0.1}
-    with pytest.raises(CheckpointError, match=r"optim.lr: 0.05 -> 0.1\); run with the same settings"):
+    with pytest.raises(CheckpointError, match=r"optim.lr: 0.05 -> 0.1\); run with the same settings to resume, "
+                                              r"allow the change with train.allow_changes=\[optim.lr\]"):
         check_compatible(read_marker(folder)["config"], other, folder=folder)
     check_compatible(read_marker(folder)["config"], dict(CONFIG), folder=folder)
+    check_compatible(read_marker(folder)["config"], other, folder=folder, allowed=("optim.lr",))
 
 
-def test_prune_keeps_the_newest(tmp_path):
+def test_prune_keeps_the_newest(group, tmp_path):
     for step in (1, 2, 3, 4):
-        save(tmp_path, step)
-    prune_checkpoints(tmp_path, keep=2)
+        save(tmp_path, step, keep=2)
     assert [step for step, _ in list_checkpoints(tmp_path)] == [3, 4]
 
 
-def test_marker_records_every_file_size(tmp_path):
-    folder = save(tmp_path, 3)
+def test_marker_records_every_file_size(group, tmp_path):
+    save(tmp_path, 3)
+    folder = step_dir(tmp_path, 3)
     sizes = json.loads((folder / MARKER).read_text())["files"]
     assert sizes == {p.name: p.stat().st_size for p in folder.iterdir() if p.name != MARKER}
+    assert dist.is_initialized()

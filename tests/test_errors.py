@@ -52,17 +52,17 @@ def test_unwritable_run_directory(run_dir):
 
 def test_corrupt_checkpoint_is_refused_and_kept(tmp_path):
     run_train(*SHORT, f"hydra.run.dir={tmp_path}")
-    state = tmp_path / "checkpoints" / "step-000010" / "state.pt"
+    state = tmp_path / "checkpoints" / "step-000010" / "__0_0.distcp"
     state.write_bytes(state.read_bytes()[:100])
     result = run_train(*SHORT, f"hydra.run.dir={tmp_path}", check=False)
-    assert_refused(result, "step-000010 is corrupt: state.pt is 100 bytes", "out of the way")
+    assert_refused(result, "step-000010 is corrupt: __0_0.distcp is 100 bytes", "out of the way")
     assert state.stat().st_size == 100 and (tmp_path / "checkpoints" / "step-000005").is_dir()
 
 
 def test_checkpoint_of_another_config_is_refused(tmp_path):
     run_train(*SHORT, f"hydra.run.dir={tmp_path}")
     result = run_train(*SHORT, "optim.lr=0.5", f"hydra.run.dir={tmp_path}", check=False)
-    assert_refused(result, "belongs to another configuration (optim.lr: 0.05 -> 0.5)", "hydra.run.dir=")
+    assert_refused(result, "belongs to another configuration or layout (optim.lr: 0.05 -> 0.5)", "hydra.run.dir=")
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000005", "step-000010"]
 
 

@@ -1,0 +1,106 @@
+"""Write checkpoints in the background while training goes on: at most one in flight.
+
+The training thread only copies the state (``stage``) and hands it to a writer thread, which runs
+DCP over a process group of its own (gloo), so its collectives never interleave with training's.
+A failed write (disk full, permissions) leaves only a ``.partial`` folder, which is removed: the
+previous checkpoint stays the newest valid one, and the error is reported, not raised into training.
+"""
+
+import dataclasses
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from cluster.checkpoint import partial_dir, prune_checkpoints, seal, step_dir, write_state
+
+
+@dataclasses.dataclass(frozen=True)
+class SaveResult:
+    """How one save ended (the same on every rank)."""
+
+    step: int
+    folder: Path | None  # the sealed checkpoint; None when the write failed
+    stall_s: float  # seconds the training thread was held (copying the state, waiting for the previous save)
+    write_s: float  # seconds from the start of the save to its end
+    error: str = ""  # why the write failed ("" when it did not)
+
+
+def stage(value: Any) -> Any:
+    """A copy of ``value`` that later training steps cannot change: tensors copied to CPU memory."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, Mapping):
+        return {key: stage(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(stage(item) for item in value)
+    return value
+
+
+class CheckpointWriter:
+    """Saves ``step-N`` checkpoints under ``root`` with every rank; all ranks call every method."""
+
+    def __init__(self, root: Path, *, rank: int, keep: int, background: bool,
+                 on_done: Callable[[SaveResult], None] = lambda result: None):
+        self.root, self.rank, self.keep, self.background = root, rank, keep, background
+        self.on_done = on_done  # called on every rank when a save ends (events, warnings)
+        # DCP's plan exchange runs on a group of its own, so a background save never races training's collectives.
+        self.group = dist.new_group(backend="gloo")
+        # A daemon thread, not an executor: a rank that must exit (a dead peer) is not held by a stuck save.
+        self._thread: threading.Thread | None = None
+        self._outcome: list[SaveResult] = []
+        self.last: SaveResult | None = None
+
+    def save(self, state: Mapping[str, Any], step: int, meta: Mapping[str, Any]) -> None:
+        """Start saving ``state`` as step ``step``; in the background unless configured otherwise."""
+        started = time.perf_counter()
+        self.close()  # at most one save in flight
+        staged = stage(state) if self.background else state
+        stall = time.perf_counter() - started
+        if not self.background:
+            result = self._write(staged, step, meta, started, stall)
+            self._finish(dataclasses.replace(result, stall_s=result.write_s))  # training waited for all of it
+            return
+        self._thread = threading.Thread(
+            target=lambda: self._outcome.append(self._write(staged, step, meta, started, stall)),
+            name=f"checkpoint-{step}", daemon=True)
+        self._thread.start()
+
+    def close(self) -> SaveResult | None:
+        """Wait until the save in flight (if any) has ended; the last save's result."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            self._finish(self._outcome.pop())
+        return self.last
+
+    def _write(self, state: Mapping[str, Any], step: int, meta: Mapping[str, Any], started: float,
+               stall: float) -> SaveResult:
+        partial = partial_dir(self.root, step)
+        try:
+            write_state(state, partial, process_group=self.group)
+            folder = seal(partial, step_dir(self.root, step), {"step": step, **meta}) if self.rank == 0 else None
+            error = ""
+        except Exception as failure:  # DCP raises the first failing rank's error on every rank
+            folder, error = None, f"{type(failure).__name__}: {str(failure).strip().splitlines()[-1]}"
+        # Every rank learns whether rank 0 sealed it: a failure on rank 0 alone is a failure for all.
+        sealed = [folder is not None if self.rank == 0 else None]
+        dist.broadcast_object_list(sealed, src=0, group=self.group)
+        if not sealed[0]:
+            error = error or "rank 0 could not seal the checkpoint"
+            if self.rank == 0:
+                shutil.rmtree(partial, ignore_errors=True)
+            folder = None
+        elif self.rank == 0:
+            prune_checkpoints(self.root, self.keep)
+        final = folder if self.rank == 0 else (step_dir(self.root, step) if sealed[0] else None)
+        return SaveResult(step=step, folder=final, stall_s=stall, write_s=time.perf_counter() - started, error=error)
+
+    def _finish(self, result: SaveResult) -> None:
+        self.last = result
+        self.on_done(result)
