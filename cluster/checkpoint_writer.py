@@ -17,7 +17,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from cluster.checkpoint import partial_dir, prune_checkpoints, seal, step_dir, write_state
+from cluster.checkpoint import (
+    partial_dir,
+    prune_checkpoints,
+    seal,
+    step_dir,
+    write_state,
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,6 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist

@@ -14,7 +14,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from cluster.checkpoint import check_compatible, latest_checkpoint, read_marker, read_state, remove_partials
+from cluster.checkpoint import (
+    check_compatible,
+    latest_checkpoint,
+    read_marker,
+    read_state,
+    remove_partials,
+)
 from cluster.environment import TaskEnvironment
 from cluster.rng import capture_rng_state, restore_rng_state
 from jobs.config import JobPlan

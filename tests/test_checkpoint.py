@@ -16,7 +16,6 @@ from cluster.checkpoint import (
     check_compatible,
     latest_checkpoint,
     list_checkpoints,
-    prune_checkpoints,
     read_marker,
     read_state,
     read_whole,

@@ -3,7 +3,13 @@
 import pytest
 
 from cluster.slurm import SlurmResources
-from cluster.slurm_limits import Node, check_fits, parse_nodes, parse_partitions, parse_slurm_minutes
+from cluster.slurm_limits import (
+    Node,
+    check_fits,
+    parse_nodes,
+    parse_partitions,
+    parse_slurm_minutes,
+)
 
 PARTITIONS = (
     "PartitionName=debug AllowGroups=ALL Default=YES QoS=N/A DefaultTime=NONE GraceTime=10 Hidden=NO "
