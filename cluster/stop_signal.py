@@ -36,7 +36,7 @@ class StopFlag:
 
     def _handle(self, number: int, frame: FrameType | None) -> None:
         if self.received is None:
-            self.received, self.at = signal.Signals(number).name, time.monotonic()
+            self.received, self.at = signal.Signals(number).name.removeprefix("SIG"), time.monotonic()
 
     @property
     def set(self) -> bool:

@@ -1,0 +1,209 @@
+"""Preemption, requeue, time limits and crashes on the real local Slurm cluster (and the local executor).
+
+Every scenario ends with the same parameter digest as an uninterrupted run of the same config.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.events import read_events
+from tests.conftest import read_summary, run_train
+
+pytestmark = [pytest.mark.slow]
+# 2 ranks, ~130 steps/s on the local cluster: long enough to interrupt, short enough to wait for.
+RUN = ("train.steps=4000", "train.global_batch_size=128", "train.log_every_steps=20",
+       "train.checkpoint_every_steps=500")
+TWO_NODES = ("cluster=slurm", "cluster.nodes=2", "cluster.tasks_per_node=1", "cluster.timeout_min=10")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Digests of uninterrupted runs (2 local ranks, the same as 2 Slurm nodes x 1 task), by overrides."""
+    cache: dict[tuple[str, ...], str] = {}
+
+    def digest(*overrides: str) -> str:
+        if overrides not in cache:
+            run_dir = tmp_path_factory.mktemp("reference")
+            run_train(*overrides, "cluster.tasks_per_node=2", f"hydra.run.dir={run_dir}", timeout=600)
+            cache[overrides] = read_summary(run_dir)["param_digest"]
+        return cache[overrides]
+
+    return digest
+
+
+def submit(run_dir: Path, *overrides: str) -> str:
+    result = run_train(*TWO_NODES, *overrides, f"hydra.run.dir={run_dir}")
+    return result.stdout.split("submitted job ")[1].split()[0]
+
+
+def last_step(run_dir: Path) -> int:
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    return json.loads(lines[-1])["step"] if lines else 0
+
+
+def wait_until(condition, *, timeout: float, what: str, poll: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def in_queue(job_id: str) -> bool:
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+    return bool(out.strip())
+
+
+def wait_finished(job_id: str, run_dir: Path, *, timeout: float) -> dict:
+    """The summary once the job has left the queue; fails with the events log if it ended without one."""
+    try:
+        wait_until(lambda: not in_queue(job_id), timeout=timeout, what=f"job {job_id} to end", poll=1)
+    finally:
+        print("\n".join(json.dumps(e) for e in read_events(run_dir)))
+    assert (run_dir / "summary.json").is_file(), f"job {job_id} ended without a summary"
+    return read_summary(run_dir)
+
+
+def rank_pids(run_dir: Path) -> dict[int, int]:
+    """rank -> pid of the training processes of a job whose logs are in ``run_dir``."""
+    found = {}
+    out = subprocess.run(["pgrep", "-f", f"submitit.core._submit {run_dir}"], capture_output=True, text=True).stdout
+    for pid in map(int, out.split()):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if Path(f"/proc/{pid}/comm").read_text().strip().startswith("python"):
+                values = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
+                rank = values.get("SLURM_PROCID", values.get("SUBMITIT_LOCAL_GLOBALID"))
+                if rank is not None:
+                    found[int(rank)] = pid
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
+
+
+def events_named(run_dir: Path, name: str) -> list[dict]:
+    return [e for e in read_events(run_dir) if e["event"] == name]
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_scontrol_requeue_mid_training_resumes_exactly(tmp_path, reference):
+    job = submit(tmp_path, *RUN)
+    wait_until(lambda: last_step(tmp_path) >= 1200, timeout=120, what="step 1200")
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    summary = wait_finished(job, tmp_path, timeout=240)
+    assert summary["param_digest"] == reference(*RUN)
+    assert summary["resumed_from_step"] >= 1000
+    started = events_named(tmp_path, "started")
+    assert [e["restart"] for e in started] == [0, 1] and started[0]["nodes"] == 2
+    # SIGTERM came KillWait seconds before SIGKILL: the ranks saved where they were and left it to Slurm
+    signalled = events_named(tmp_path, "signalled")
+    if signalled:
+        assert signalled[0]["cause"] == "requeued" and summary["resumed_from_step"] == signalled[0]["step"]
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_preemption_by_the_high_partition_at_a_random_step(tmp_path, reference):
+    job = submit(tmp_path, *RUN)
+    at = random.Random().randint(600, 2400)
+    print(f"preempting at step {at}")
+    wait_until(lambda: last_step(tmp_path) >= at, timeout=120, what=f"step {at}")
+    subprocess.run(["sbatch", "-p", "high", "--nodes=4", "--exclusive", "--time=1", "--output=/dev/null",
+                    "--wrap", "sleep 3"], check=True, capture_output=True)
+    summary = wait_finished(job, tmp_path, timeout=300)
+    assert summary["param_digest"] == reference(*RUN)
+    signalled, requeued = events_named(tmp_path, "signalled"), events_named(tmp_path, "requeued")
+    assert signalled[0]["cause"] == "preemption" and signalled[0]["signal"] == "USR2"
+    assert requeued[0]["cause"] == "preemption"
+    # nothing lost beyond the step in flight: the next run starts where the signal stopped this one
+    assert summary["resumed_from_step"] == signalled[0]["step"] >= at
+    assert events_named(tmp_path, "resumed")[0]["step"] == signalled[0]["step"]
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_time_limit_is_crossed_by_requeues(tmp_path, reference):
+    # A 1-minute limit with the warning 45 s before the end leaves 8-38 s of training per allocation
+    # (Slurm's signal timer is coarse): 9000 steps need at least three allocations.
+    work = ("train.steps=9000", "train.global_batch_size=128", "train.log_every_steps=100",
+            "train.checkpoint_every_steps=1000")
+    job = submit(tmp_path, *work, "cluster.timeout_min=1", "cluster.signal_lead_s=45", "requeue.time_limit=10")
+    summary = wait_finished(job, tmp_path, timeout=900)
+    assert summary["param_digest"] == reference(*work)
+    requeued = events_named(tmp_path, "requeued")
+    assert len(requeued) >= 2 and {e["cause"] for e in requeued} == {"time-limit"}
+    resumed = [e["step"] for e in events_named(tmp_path, "resumed")]
+    assert resumed == [e["step"] for e in requeued]  # each run began where the one before stopped
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_sigkill_of_one_rank_fails_fast_and_is_retried(tmp_path, reference):
+    job = submit(tmp_path, *RUN, "distributed.timeout_s=60")
+    wait_until(lambda: last_step(tmp_path) >= 1200, timeout=120, what="step 1200")
+    killed_at = time.monotonic()
+    os.kill(rank_pids(tmp_path)[1], signal.SIGKILL)
+    wait_until(lambda: events_named(tmp_path, "requeued"), timeout=60, what="the retry")
+    assert time.monotonic() - killed_at < 60  # within the collective timeout
+    summary = wait_finished(job, tmp_path, timeout=240)
+    assert summary["param_digest"] == reference(*RUN)
+    failed = events_named(tmp_path, "failed")
+    assert failed[0]["rank"] == 0 and failed[0]["kind"] == "peer"
+    assert events_named(tmp_path, "requeued")[0]["cause"] == "failure"
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_sigkill_during_a_checkpoint_write_resumes_from_the_previous_one(tmp_path, reference):
+    # A wide model makes each checkpoint ~50 MB, so a write lasts long enough to be caught.
+    work = ("model.hidden=8192", "train.steps=120", "train.global_batch_size=64", "train.log_every_steps=5",
+            "train.checkpoint_every_steps=10", "train.keep_checkpoints=10")
+    job = submit(tmp_path, *work)
+    root = tmp_path / "checkpoints"
+
+    def catch_a_write():
+        if list(root.glob("step-*.partial")) and list(root.glob("step-*[0-9]")):
+            for pid in rank_pids(tmp_path).values():
+                os.kill(pid, signal.SIGKILL)
+            return sorted(p.name for p in root.iterdir())
+        return None
+
+    on_disk = wait_until(catch_a_write, timeout=180, what="a checkpoint write", poll=0.005)
+    print("killed with", on_disk)
+    wait_until(lambda: not in_queue(job), timeout=60, what="the killed job to end")
+    valid = sorted(p.name for p in root.iterdir() if not p.name.endswith(".partial"))
+    assert any(name.endswith(".partial") for name in os.listdir(root)), "the kill came after the write"
+
+    again = submit(tmp_path, *work)  # the next run: the same command
+    summary = wait_finished(again, tmp_path, timeout=300)
+    assert summary["resumed_from_step"] == int(valid[-1].split("-")[1])
+    assert summary["param_digest"] == reference(*work)
+
+
+def test_local_executor_rehearses_preemption(tmp_path, reference, cpu_only_env):
+    """The same protocol under submitit's local executor: USR2 to one rank, at a random step."""
+    local = ("cluster=local", "cluster.tasks_per_node=2")
+    command = [os.sys.executable, "-m", "jobs.train", *local, *RUN, f"hydra.run.dir={tmp_path}"]
+    repo = Path(__file__).resolve().parent.parent
+    with subprocess.Popen(command, cwd=repo, env=cpu_only_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as launcher:
+        at = random.Random().randint(600, 2400)
+        wait_until(lambda: last_step(tmp_path) >= at, timeout=120, what=f"step {at}")
+        os.kill(rank_pids(tmp_path / "logs")[1], signal.SIGUSR2)  # only one rank hears it
+        out, err = launcher.communicate(timeout=240)
+    assert launcher.returncode == 0, err
+    assert "done: 4000 steps" in out
+    summary = read_summary(tmp_path)
+    assert summary["param_digest"] == reference(*RUN)
+    signalled = events_named(tmp_path, "signalled")
+    assert signalled[0]["cause"] == "signal" and events_named(tmp_path, "requeued")[0]["cause"] == "signal"
+    assert summary["resumed_from_step"] == signalled[0]["step"] >= at
+    assert [e["restart"] for e in events_named(tmp_path, "started")] == [0, 1]
