@@ -93,7 +93,9 @@ class CheckpointWriter:
             folder = seal(partial, step_dir(self.root, step), {"step": step, **meta}) if self.rank == 0 else None
             error = ""
         except Exception as failure:  # DCP raises the first failing rank's error on every rank
-            folder, error = None, f"{type(failure).__name__}: {str(failure).strip().splitlines()[-1]}"
+            last_line = str(failure).strip().splitlines()[-1] if str(failure).strip() else ""
+            folder, error = None, (f"{type(failure).__name__}: {last_line}; writing {partial}: "
+                                   "check the free space, quota and permissions there")
         # Every rank learns whether rank 0 sealed it: a failure on rank 0 alone is a failure for all.
         sealed = [folder is not None if self.rank == 0 else None]
         dist.broadcast_object_list(sealed, src=0, group=self.group)

@@ -69,7 +69,8 @@ def _rank0_result(job: "submitit.Job[Any]") -> Any:
         task = job.task(index)
         error = task.exception()
         if error is not None:
-            text = str(error).strip()
+            # submitit's FailedJobError: the rank's traceback, a dashed line, then where the logs are.
+            text = str(error).split("\n----------------------\nYou can check")[0].strip()
             last = text.splitlines()[-1] if text else repr(error)
             failures.append(f"rank {index}: {last} (log: {task.paths.stderr})")
     if failures:

@@ -11,7 +11,7 @@ from cluster.checkpoint import CheckpointError
 from cluster.environment import TaskEnvironment, detect_environment
 from cluster.process_group import process_group
 from cluster.requeue import JobEnd
-from cluster.supervisor import Supervisor
+from cluster.supervisor import BudgetSpentError, Supervisor
 from jobs.config import JobPlan
 from jobs.loop import train
 
@@ -40,7 +40,7 @@ def run_task(plan: JobPlan, run_dir: Path, env: TaskEnvironment | None = None) -
         supervisor.start()
         try:
             return train(plan, env, group.device, run_dir, supervisor)
-        except JobEnd:
+        except (JobEnd, BudgetSpentError):  # the supervisor's own decisions
             raise
         except Exception as error:
             supervisor.failed(error, step=supervisor.step, 

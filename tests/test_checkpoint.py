@@ -97,7 +97,7 @@ def test_failed_write_keeps_the_previous_checkpoint_and_leaves_nothing_half_writ
         result = writer.close()
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    assert result.folder is None and "File too large" in result.error
+    assert result.folder is None and "step-000020.partial: check the free space" in result.error
     assert [step for step, _ in list_checkpoints(tmp_path)] == [10]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000010"]
 

@@ -133,9 +133,10 @@ def test_preemption_by_the_high_partition_at_a_random_step(tmp_path, reference):
 
 @pytest.mark.usefixtures("slurm_cluster")
 def test_time_limit_is_crossed_by_requeues(tmp_path, reference):
-    # A 1-minute limit with the warning 45 s before the end leaves 8-38 s of training per allocation
-    # (Slurm's signal timer is coarse): 9000 steps need at least three allocations.
-    work = ("train.steps=9000", "train.global_batch_size=128", "train.log_every_steps=100",
+    # A 1-minute limit with the warning 45 s before the end: Slurm's coarse timer sent it 10-33 s into
+    # the job here, leaving ~4-27 s of training (~500-3500 steps) per allocation: 6000 steps need
+    # three allocations or more (five, typically).
+    work = ("train.steps=6000", "train.global_batch_size=128", "train.log_every_steps=100",
             "train.checkpoint_every_steps=1000")
     job = submit(tmp_path, *work, "cluster.timeout_min=1", "cluster.signal_lead_s=45", "requeue.time_limit=10")
     summary = wait_finished(job, tmp_path, timeout=900)
@@ -207,3 +208,22 @@ def test_local_executor_rehearses_preemption(tmp_path, reference, cpu_only_env):
     assert signalled[0]["cause"] == "signal" and events_named(tmp_path, "requeued")[0]["cause"] == "signal"
     assert summary["resumed_from_step"] == signalled[0]["step"] >= at
     assert [e["restart"] for e in events_named(tmp_path, "started")] == [0, 1]
+
+
+def test_job_over_its_budget_ends_with_the_reason(tmp_path, cpu_only_env):
+    """requeue.preemption=0: the first warning saves, and the job ends FAILED with why, instead of coming back."""
+    command = [os.sys.executable, "-m", "jobs.train", "cluster=local", "cluster.tasks_per_node=2", *RUN,
+               "requeue.preemption=0", f"hydra.run.dir={tmp_path}"]
+    repo = Path(__file__).resolve().parent.parent
+    with subprocess.Popen(command, cwd=repo, env=cpu_only_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as launcher:
+        wait_until(lambda: last_step(tmp_path) >= 600, timeout=120, what="step 600")
+        os.kill(rank_pids(tmp_path / "logs")[0], signal.SIGUSR2)
+        out, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 1
+    assert "job ends: stopped by signal at step" in err and "preemption budget of 0 requeue(s) spent" in err, err
+    final = [e for e in events_named(tmp_path, "failed") if e["kind"] == "final"]
+    assert final and "requeue.preemption=0" in final[0]["reason"]
+    step = events_named(tmp_path, "signalled")[0]["step"]
+    assert (tmp_path / "checkpoints" / f"step-{step:06d}").is_dir()  # the work is saved all the same
+    assert not (tmp_path / "summary.json").exists()

@@ -1,0 +1,99 @@
+"""The stop protocol's decisions: causes read from Slurm's answers, budgets, and failed writes in a run."""
+
+import datetime
+import resource
+
+import pytest
+
+from cluster.environment import SINGLE_PROCESS, TaskEnvironment
+from cluster.events import EventLog, read_events
+from cluster.requeue import (
+    RequeueBudget,
+    budget_left,
+    is_peer_failure,
+    requeue_id,
+    signal_cause,
+    spent,
+    unexplained_end,
+)
+from tests.conftest import read_summary, run_train
+
+SLURM = TaskEnvironment(launcher="slurm", rank=0, local_rank=0, world_size=2, node_rank=0, num_nodes=2,
+                        master_addr="node1", master_port=20000, job_id="39", restart_count=0)
+NOW = datetime.datetime(2026, 11, 23, 1, 18, 0)
+# `scontrol show job` fields seen in a task's signal handler on the local cluster (tests/test_requeue_slurm.py)
+PREEMPTED = {"JobState": "RUNNING", "Restarts": "0", "EndTime": "2026-11-23T01:18:09", "PreemptTime": "2026-11-23T01:17:59"}
+TIME_LIMIT = {"JobState": "RUNNING", "Restarts": "0", "EndTime": "2026-11-23T01:18:32", "PreemptTime": "None"}
+REQUEUED = {"JobState": "COMPLETING", "Restarts": "1", "EndTime": "2026-11-23T01:32:20"}
+CANCELLED = {"JobState": "COMPLETING", "Restarts": "0", "EndTime": "2026-11-23T01:22:20", "PreemptTime": "None"}
+BY_HAND = {"JobState": "RUNNING", "Restarts": "0", "EndTime": "2026-11-23T02:18:00", "PreemptTime": "None"}
+
+
+@pytest.mark.parametrize("fields, cause", [
+    (PREEMPTED, "preemption"), (TIME_LIMIT, "time-limit"), (REQUEUED, "requeued"), (CANCELLED, "cancelled"),
+    (BY_HAND, "signal"), ({}, "signal"),
+])
+def test_cause_is_read_from_slurm_not_guessed(fields, cause):
+    assert signal_cause(SLURM, lead_s=40, fields=fields, now=NOW) == cause
+
+
+def test_local_executor_warning_near_its_timeout_is_the_time_limit():
+    local = SLURM.__class__(**{**SLURM.__dict__, "launcher": "local"})
+    assert signal_cause(local, lead_s=30, started_s=575, local_timeout_s=600) == "time-limit"
+    assert signal_cause(local, lead_s=30, started_s=100, local_timeout_s=600) == "signal"
+    assert signal_cause(SINGLE_PROCESS, lead_s=30) == "signal"
+
+
+def test_budgets_count_runs_not_ranks(tmp_path):
+    for rank in (0, 1):  # both ranks of one run report the same retry
+        EventLog(tmp_path, rank=rank, job="7", restart=0).record("requeued", cause="failure")
+    EventLog(tmp_path, rank=0, job="7", restart=1).record("requeued", cause="time-limit")
+    EventLog(tmp_path, rank=0, job="7", restart=2).record("lost", cause="lost")
+    events = read_events(tmp_path)
+    assert spent(events, "failure") == 2 and spent(events, "time_limit") == 1 and spent(events, "preemption") == 0
+    assert budget_left(RequeueBudget(failure=2), events, "failure") == (
+        False, "failure budget of 2 requeue(s) spent (requeue.failure=2)")
+    assert budget_left(RequeueBudget(time_limit=3), events, "time-limit") == (True, "time_limit requeue 2 of 3")
+    assert budget_left(RequeueBudget(), events, "preemption") == (True, "preemption requeue 1 (no limit)")
+
+
+def test_a_run_that_ended_without_a_word_is_noticed(tmp_path):
+    EventLog(tmp_path, rank=0, job="7", restart=0).record("started")
+    EventLog(tmp_path, rank=0, job="7", restart=0).record("checkpointed", step=100)
+    assert unexplained_end(read_events(tmp_path), "7", 1)["event"] == "checkpointed"
+    EventLog(tmp_path, rank=0, job="7", restart=1).record("requeued", cause="preemption")
+    assert unexplained_end(read_events(tmp_path), "7", 2) is None
+
+
+def test_requeue_names_array_tasks_by_array_and_index():
+    assert requeue_id({"SLURM_JOB_ID": "105", "SLURM_ARRAY_JOB_ID": "100", "SLURM_ARRAY_TASK_ID": "5"}) == "100_5"
+    assert requeue_id({"SLURM_JOB_ID": "105"}) == "105"
+
+
+def test_peer_failures_are_told_from_own_exceptions():
+    assert is_peer_failure(RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error: Connection reset by peer"))
+    assert not is_peer_failure(ValueError("bad value"))
+    assert not is_peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+def test_bad_budget_is_refused():
+    with pytest.raises(ValueError, match="requeue.failure=-2 must be a count >= 0, or -1 for no limit"):
+        RequeueBudget(failure=-2)
+
+
+@pytest.mark.slow
+def test_failed_checkpoint_write_keeps_the_previous_one_and_is_reported(tmp_path):
+    short = ("cluster=debug", "train.global_batch_size=64", "train.checkpoint_every_steps=5", "train.log_every_steps=5")
+    run_train(*short, "train.steps=10", f"hydra.run.dir={tmp_path}")
+
+    def small_disk():  # every file may grow to 100 kB: the metrics fit, a checkpoint (~800 kB) does not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
+
+    result = run_train(*short, "train.steps=20", f"hydra.run.dir={tmp_path}", preexec_fn=small_disk)
+    assert "warning: checkpoint at step 15 failed (" in result.stdout
+    assert "check the free space, quota and permissions there)" in result.stdout
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoints == ["step-000005", "step-000010"]  # no half-written folder left
+    assert read_summary(tmp_path)["last_checkpoint"].endswith("step-000010")
+    failed = [e for e in read_events(tmp_path) if e["event"] == "checkpoint-failed"]
+    assert [e["step"] for e in failed] == [15, 20]
