@@ -21,8 +21,8 @@ from cluster.environment import TaskEnvironment
 # submitit's local controller starts a job's tasks again when one exits with this code
 # (submitit/local/local.py, LOCAL_REQUEUE_RETURN_CODE); Slurm jobs use it too, for one meaning.
 EXIT_REQUEUE = 144
-# Slurm checks signal times on a coarse timer: a warning asked for N s before the end was seen
-# here from N - 8 s to N + 20 s before it. A warning this close to the end is the time limit's.
+# Slurm checks signal times on a coarse timer: a warning asked for N s before the end came here
+# between N + 4 s and N - 18 s before it. A warning this close to the end is the time limit's.
 SIGNAL_SLACK_S = 90
 SCONTROL_TIMEOUT_S = 20
 

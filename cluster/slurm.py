@@ -83,8 +83,8 @@ def sbatch_parameters(resources: SlurmResources) -> dict[str, Any]:
 
 
 def submit_command(folder: Path, python: str = sys.executable) -> str:
-    """The line each task runs: submitit's runner, which unpickles and calls the job function."""
-    return f"{shlex.quote(python)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
+    """The line each task runs: submitit's runner behind our early signal handlers (``cluster.task_runner``)."""
+    return f"{shlex.quote(python)} -u -m cluster.task_runner {shlex.quote(str(folder))}"
 
 
 def render_sbatch(resources: SlurmResources, *, folder: Path, python: str = sys.executable,
@@ -98,8 +98,16 @@ def render_sbatch(resources: SlurmResources, *, folder: Path, python: str = sys.
                                **sbatch_parameters(resources), **array)
 
 
+class _Executor(submitit.SlurmExecutor):
+    """submitit's Slurm executor, whose tasks start through ``cluster.task_runner``."""
+
+    @property
+    def _submitit_command_str(self) -> str:
+        return submit_command(Path(self.folder), sys.executable)
+
+
 def submit(fn: Callable[..., Any], *args: Any, resources: SlurmResources, folder: Path) -> "submitit.Job[Any]":
     """Submit ``fn(*args)`` as one job with every task running it; returns at once."""
-    executor = submitit.SlurmExecutor(folder=folder, python=shlex.quote(sys.executable))
+    executor = _Executor(folder=folder, python=shlex.quote(sys.executable))
     executor.update_parameters(**sbatch_parameters(resources))
     return executor.submit(fn, *args)

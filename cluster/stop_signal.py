@@ -14,6 +14,8 @@ from types import FrameType
 import torch
 import torch.distributed as dist
 
+from cluster.early_signals import EARLY
+
 
 class StopFlag:
     """Signal handlers that only remember which warning came first, and when."""
@@ -27,6 +29,10 @@ class StopFlag:
     def install(self) -> "StopFlag":
         for number in self.signals:
             self._previous[number] = signal.signal(number, self._handle)
+        caught = sorted((at, name) for name, at in EARLY.items()
+                        if getattr(signal, f"SIG{name}") in self.signals)
+        if caught and self.received is None:
+            self.at, self.received = caught[0]
         return self
 
     def uninstall(self) -> None:

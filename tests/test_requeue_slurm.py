@@ -79,7 +79,7 @@ def wait_finished(job_id: str, run_dir: Path, *, timeout: float) -> dict:
 def rank_pids(run_dir: Path) -> dict[int, int]:
     """rank -> pid of the training processes of a job whose logs are in ``run_dir``."""
     found = {}
-    out = subprocess.run(["pgrep", "-f", f"submitit.core._submit {run_dir}"], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-f", f"(submitit.core._submit|cluster.task_runner) {run_dir}"], capture_output=True, text=True).stdout
     for pid in map(int, out.split()):
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -115,14 +115,22 @@ def test_scontrol_requeue_mid_training_resumes_exactly(tmp_path, reference):
 
 @pytest.mark.usefixtures("slurm_cluster")
 def test_preemption_by_the_high_partition_at_a_random_step(tmp_path, reference):
-    job = submit(tmp_path, *RUN)
+    name = f"preempted-{tmp_path.name}"
+    command = [os.sys.executable, "-m", "jobs.train", *TWO_NODES, *RUN, "cluster.wait=true",
+               f"cluster.job_name={name}", f"hydra.run.dir={tmp_path}"]
+    # The submitting side waits (cluster.wait=true): a requeue must not look like the end to it.
+    waiting = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     at = random.Random().randint(600, 2400)
     print(f"preempting at step {at}")
     wait_until(lambda: last_step(tmp_path) >= at, timeout=120, what=f"step {at}")
+    job = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True).stdout.strip()
     subprocess.run(["sbatch", "-p", "high", "--nodes=4", "--exclusive", "--time=1", "--output=/dev/null",
                     "--wrap", "sleep 3"], check=True, capture_output=True)
-    summary = wait_finished(job, tmp_path, timeout=300)
-    assert summary["param_digest"] == reference(*RUN)
+    out, err = waiting.communicate(timeout=300)
+    summary = wait_finished(job, tmp_path, timeout=60)
+    assert waiting.returncode == 0 and "done: 4000 steps" in out, err
+    assert summary["param_digest"] == reference(*RUN) and summary["param_digest"] in out
     signalled, requeued = events_named(tmp_path, "signalled"), events_named(tmp_path, "requeued")
     assert signalled[0]["cause"] == "preemption" and signalled[0]["signal"] == "USR2"
     assert requeued[0]["cause"] == "preemption"
@@ -135,7 +143,8 @@ def test_preemption_by_the_high_partition_at_a_random_step(tmp_path, reference):
 def test_time_limit_is_crossed_by_requeues(tmp_path, reference):
     # A 1-minute limit with the warning 45 s before the end: Slurm's coarse timer sent it 10-33 s into
     # the job here, leaving ~4-27 s of training (~500-3500 steps) per allocation: 6000 steps need
-    # three allocations or more (five, typically).
+    # three allocations or more (five, typically). Slurm may send it up to 60 s early, even before
+    # Python has started: cluster.task_runner catches it, and that run stops after one step.
     work = ("train.steps=6000", "train.global_batch_size=128", "train.log_every_steps=100",
             "train.checkpoint_every_steps=1000")
     job = submit(tmp_path, *work, "cluster.timeout_min=1", "cluster.signal_lead_s=45", "requeue.time_limit=10")
