@@ -221,8 +221,9 @@ def test_local_executor_rehearses_preemption(tmp_path, reference, cpu_only_env):
 
 def test_job_over_its_budget_ends_with_the_reason(tmp_path, cpu_only_env):
     """requeue.preemption=0: the first warning saves, and the job ends FAILED with why, instead of coming back."""
+    # signal_lead_s=0: no save can fit between the warning and the end, which the run must say
     command = [os.sys.executable, "-m", "jobs.train", "cluster=local", "cluster.tasks_per_node=2", *RUN,
-               "requeue.preemption=0", f"hydra.run.dir={tmp_path}"]
+               "requeue.preemption=0", "cluster.signal_lead_s=0", f"hydra.run.dir={tmp_path}"]
     repo = Path(__file__).resolve().parent.parent
     with subprocess.Popen(command, cwd=repo, env=cpu_only_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True) as launcher:
@@ -236,3 +237,5 @@ def test_job_over_its_budget_ends_with_the_reason(tmp_path, cpu_only_env):
     step = events_named(tmp_path, "signalled")[0]["step"]
     assert (tmp_path / "checkpoints" / f"step-{step:06d}").is_dir()  # the work is saved all the same
     assert not (tmp_path / "summary.json").exists()
+    warning = events_named(tmp_path, "warning")[0]["reason"]
+    assert "longer than the 0 s between the warning signal and the end" in warning and "raise cluster.signal_lead_s" in warning
