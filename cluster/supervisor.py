@@ -41,11 +41,11 @@ class BudgetSpentError(RuntimeError):
 class Supervisor:
     """Installs the warning handlers at once; ``start`` then records the run (all ranks call it)."""
 
-    def __init__(self, env: TaskEnvironment, run_dir: Path, *, budget: RequeueBudget, signal: str = "USR2",
+    def __init__(self, env: TaskEnvironment, run_dir: Path, *, budget: RequeueBudget, warning_signal: str = "USR2",
                  lead_s: float, device: torch.device):
         self.env, self.budget, self.lead_s = env, budget, lead_s
         # SIGTERM is a last-chance warning too: Slurm sends it KillWait seconds before SIGKILL.
-        self.flag = StopFlag((signal, "TERM")).install()
+        self.flag = StopFlag((warning_signal, "TERM")).install()
         self.vote = StopVote(self.flag, device)
         self.began = time.monotonic()
         self.history = read_events(run_dir)  # read before this run writes anything

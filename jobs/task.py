@@ -35,8 +35,8 @@ def run_task(plan: JobPlan, run_dir: Path, env: TaskEnvironment | None = None) -
         shared = [str(run_dir)]
         dist.broadcast_object_list(shared, src=0, device=group.device)
         run_dir = Path(shared[0])
-        supervisor = Supervisor(env, run_dir, budget=plan.requeue, signal=plan.stop_signal, lead_s=plan.signal_lead_s,
-                                device=group.device)
+        supervisor = Supervisor(env, run_dir, budget=plan.requeue, warning_signal=plan.stop_signal,
+                                lead_s=plan.signal_lead_s, device=group.device)
         supervisor.start()
         try:
             return train(plan, env, group.device, run_dir, supervisor)
