@@ -133,6 +133,8 @@ class Supervisor:
         kind = "peer" if is_peer_failure(error) else ("config" if deterministic else "exception")
         text = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
         self.log.record("failed", kind=kind, step=step, error=text[:500])
+        if self.env.launcher not in REQUEUEING_LAUNCHERS:
+            raise error  # nothing here restarts the job: torchrun's --max-restarts or the user decide
         if kind == "config":
             self._give_up(f"a configuration error, which a retry would repeat ({text[:200]})", error)
         again = [e for e in self.history if e.get("event") == "failed" and e.get("kind") == "exception"
@@ -140,8 +142,6 @@ class Supervisor:
         if kind == "exception" and again:
             self._give_up(f"the same exception at step {step} twice ({text[:200]})", error)
         allowed, phrase = budget_left(self.budget, self.history, "failure")
-        if self.env.launcher not in REQUEUEING_LAUNCHERS:
-            raise error  # torchrun's own restarts (--max-restarts) or the user decide
         if not allowed:
             self._give_up(f"{text[:200]}, and the {phrase}", error)
         problem = request_requeue(self.env)
