@@ -12,7 +12,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_state_dict,
+)
 
 from cluster.checkpoint import (
     check_compatible,
@@ -35,6 +39,12 @@ class Trainee:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     step: int = 0  # optimizer steps completed
     loss: float = float("nan")  # global mean loss of the last logged step
+    pipeline: Any = None  # this rank's jobs.pipeline.Pipeline, when the model is cut into stages
+
+
+# Optimizer state keyed by parameter name ("state.<fqn>.exp_avg", "param_groups.<fqn>.lr"): pipeline stages
+# then hold disjoint keys, and a checkpoint can be read by any split (torchtitan does the same for PP).
+OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 def rng_key(rank: int) -> str:
@@ -43,7 +53,7 @@ def rng_key(rank: int) -> str:
 
 def checkpoint_state(trainee: Trainee, rank: int, *, with_rng: bool = True) -> dict[str, Any]:
     """The state dict one rank contributes to a checkpoint (and the template it loads into)."""
-    model, optimizer = get_state_dict(trainee.model, trainee.optimizer)
+    model, optimizer = get_state_dict(trainee.model, trainee.optimizer, options=OPTIONS)
     state = {"model": model, "optimizer": optimizer, "scheduler": trainee.scheduler.state_dict(),
              "progress": {"step": trainee.step, "loss": trainee.loss}}
     if with_rng:
@@ -79,7 +89,7 @@ def resume(trainee: Trainee, plan: JobPlan, env: TaskEnvironment, root: Path,
     state = checkpoint_state(trainee, env.rank, with_rng=same_layout)
     read_state(state, folder, process_group=group)
     set_state_dict(trainee.model, trainee.optimizer, model_state_dict=state["model"],
-                   optim_state_dict=state["optimizer"])
+                   optim_state_dict=state["optimizer"], options=OPTIONS)
     trainee.scheduler.load_state_dict(state["scheduler"])
     trainee.step, trainee.loss = int(state["progress"]["step"]), float(state["progress"]["loss"])
     if same_layout:

@@ -11,13 +11,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cluster.parallel_dims import ParallelDims
 from cluster.requeue import RequeueBudget
 from cluster.slurm import SlurmResources
 from cluster.validation import require_one_of, require_positive
 
 MODELS = ("mlp", "cnn", "resnet18", "transformer")
 DATASETS = ("synthetic", "mnist", "cifar10", "fake")
-STRATEGIES = ("ddp", "single")
+STRATEGIES = ("ddp", "fsdp", "single", "pipeline", "hybrid")
+SCHEDULES_PP = ("gpipe", "1f1b", "interleaved")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine")
 CLUSTERS = ("local", "debug", "inline", "slurm")
@@ -39,6 +41,16 @@ class ModelConfig:
             raise ValueError(f"model.channels must be positive numbers, got {list(self.channels)}")
         if self.dim % self.heads:
             raise ValueError(f"model.dim={self.dim} is not divisible by model.heads={self.heads}; change one of them")
+
+
+def stage_layers(cfg: ModelConfig) -> int | None:
+    """How many layers ``jobs.models`` builds for ``cfg`` as a flat sequence (pipeline cut points), or
+    None for a model that is not one (mlp, resnet18)."""
+    if cfg.name == "transformer":
+        return cfg.depth + 2  # embedding, blocks, head
+    if cfg.name == "cnn":
+        return 3 * len(cfg.channels) + 3  # conv, relu, pool per block; pool, flatten, linear
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,12 +95,28 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class StrategyConfig:
-    name: str  # how the model is spread over ranks: ddp or single
-    bucket_cap_mb: float = 25.0  # ddp: gradient bucket size for the all-reduce
+    name: str  # how the model is spread over ranks: ddp, fsdp (FSDP2 shards), single, pipeline or hybrid (dp x pp)
+    bucket_cap_mb: float = 25.0  # ddp/hybrid: gradient bucket size for the all-reduce
+    pp: int = 1  # pipeline/hybrid: ranks per pipeline (keep it <= tasks per node: stages inside a node)
+    microbatches: int = 1  # pipeline/hybrid: micro-batches per step and replica (>= stages)
+    schedule: str = "1f1b"  # pipeline/hybrid: gpipe, 1f1b or interleaved (several stages per rank)
+    stages_per_rank: int = 1  # pipeline/hybrid: stages each pipeline rank holds (interleaved: >= 2)
+    replicate: str = "ddp"  # hybrid: how each stage is replicated over its dp peers: ddp or fsdp
 
     def __post_init__(self) -> None:
         require_one_of("strategy", self.name, STRATEGIES)
-        require_positive("strategy", bucket_cap_mb=self.bucket_cap_mb)
+        require_one_of("strategy.schedule", self.schedule, SCHEDULES_PP)
+        require_one_of("strategy.replicate", self.replicate, ("ddp", "fsdp"))
+        require_positive("strategy", bucket_cap_mb=self.bucket_cap_mb, pp=self.pp, microbatches=self.microbatches,
+                         stages_per_rank=self.stages_per_rank)
+        if (self.schedule == "interleaved") != (self.stages_per_rank > 1):
+            raise ValueError(f"strategy.schedule={self.schedule} with strategy.stages_per_rank={self.stages_per_rank}: "
+                             "the interleaved schedule is the one for several stages per rank; "
+                             "use schedule=interleaved with stages_per_rank>=2, or stages_per_rank=1 otherwise")
+
+    @property
+    def pipelined(self) -> bool:
+        return self.name in ("pipeline", "hybrid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,18 +183,26 @@ class JobPlan:
             return self.slurm.world_size
         return {"local": self.cluster.tasks_per_node, "debug": 1}.get(self.cluster.name)
 
-    def check_world(self, world_size: int) -> None:
-        """Raise unless this plan can run on ``world_size`` ranks."""
-        if self.strategy.name == "single" and world_size != 1:
+    def check_world(self, world_size: int) -> ParallelDims:
+        """The split of ``world_size`` ranks this plan asks for; raises unless it fits."""
+        strategy = self.strategy
+        if strategy.name == "single" and world_size != 1:
             raise ValueError(
                 f"strategy=single trains on one rank, but the job has {world_size}; "
                 "use strategy=ddp, or cluster.tasks_per_node=1"
             )
-        if self.train.global_batch_size % world_size:
+        if strategy.name == "pipeline" and strategy.pp != world_size:
             raise ValueError(
-                f"train.global_batch_size={self.train.global_batch_size} is not divisible by the "
-                f"{world_size} data-parallel ranks; use a multiple of {world_size}"
+                f"strategy=pipeline puts one stage per rank, so strategy.pp={strategy.pp} must equal the job's "
+                f"{world_size} ranks; set strategy.pp={world_size}, or use strategy=hybrid for replicas of the pipeline"
             )
+        pp = strategy.pp if strategy.pipelined else 1
+        return ParallelDims(
+            world_size=world_size, dp=max(1, world_size // pp), pp=pp,
+            microbatches=strategy.microbatches if strategy.pipelined else 1,
+            stages_per_rank=strategy.stages_per_rank if strategy.pipelined else 1,
+            layers=stage_layers(self.model), global_batch_size=self.train.global_batch_size,
+        )
 
     @property
     def stop_signal(self) -> str:
@@ -192,7 +228,7 @@ class JobPlan:
             "model": dataclasses.asdict(self.model),
             "data": {k: v for k, v in dataclasses.asdict(self.data).items() if k not in ("root", "download", "num_workers")},
             "optim": dataclasses.asdict(self.optim),
-            "strategy": self.strategy.name,
+            "strategy": {k: v for k, v in dataclasses.asdict(self.strategy).items() if k != "bucket_cap_mb"},
             "train": {"global_batch_size": self.train.global_batch_size, "seed": self.train.seed},
         }
         return _flatten(json.loads(json.dumps(relevant)))

@@ -11,6 +11,7 @@ import torch
 from cluster.checkpoint import SafeReader, latest_checkpoint
 from cluster.environment import SINGLE_PROCESS, detect_environment
 from cluster.launch import launch_local, wait_for
+from cluster.parallel_dims import ParallelDims
 from cluster.rundir import check_writable, hold_run_dir
 from cluster.slurm import SlurmResources, render_sbatch, submit
 from cluster.slurm_limits import preflight as slurm_preflight
@@ -65,13 +66,20 @@ def run_inline(plan: JobPlan, run_dir: Path) -> Summary:
     return run_task(plan, run_dir, env=env)
 
 
-def rank_layout(resources: SlurmResources) -> str:
-    """Which rank runs where, as a table: known before the job starts, up to the node names."""
-    lines = ["rank  node  local rank  device"]
+def rank_layout(resources: SlurmResources, dims: ParallelDims) -> str:
+    """Which rank runs where and holds what, as a table: known before the job starts, up to the node names."""
+    lines = ["rank  node  local rank  device  stages (layers)  dp peers"]
     for rank in range(resources.world_size):
         node, local = divmod(rank, resources.tasks_per_node)
         device = f"cuda:{local}" if resources.gpus_per_node else "cpu"
-        lines.append(f"{rank:>4}  {node:>4}  {local:>10}  {device}")
+        _, pp_index = dims.coordinates(rank)
+        if dims.stages > 1:
+            stages = ", ".join(f"{s} ({dims.layers_of(s).start}-{dims.layers_of(s).stop - 1})"
+                               for s in dims.stages_of(pp_index))
+        else:
+            stages = "whole model"
+        peers = ",".join(map(str, dims.dp_peers(rank)))
+        lines.append(f"{rank:>4}  {node:>4}  {local:>10}  {device:>6}  {stages:<15}  {peers}")
     return "\n".join(lines)
 
 
@@ -85,7 +93,7 @@ def run_slurm(plan: JobPlan, run_dir: Path) -> Summary:
         print(render_sbatch(resources, folder=log_dir.resolve()))
         print(f"# rank layout: {resources.nodes} node(s) x {resources.tasks_per_node} task(s); "
               "nodes are numbered in the order of the job's node list, node 0 is MASTER_ADDR")
-        print(rank_layout(resources))
+        print(rank_layout(resources, plan.check_world(resources.world_size)))
         return None
     partition = slurm_preflight(resources)
     job = submit(run_task, plan, run_dir, resources=resources, folder=log_dir.resolve())

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from cluster.checkpoint import latest_checkpoint
@@ -26,7 +27,8 @@ from jobs.data import build_dataset
 from jobs.metrics import MetricsLog, ProgressLine
 from jobs.models import build_model
 from jobs.optim import build_optimizer, build_scheduler
-from jobs.strategies import apply_strategy, unwrap
+from jobs.pipeline import gather_state, parallelize, pipeline_step
+from jobs.strategies import unwrap
 
 SUMMARY_FILE = "summary.json"
 
@@ -48,20 +50,27 @@ class SkipFirst(Sampler[int]):
         return len(self.sampler) - self.skip
 
 
-def param_digest(model: nn.Module) -> str:
-    """SHA-256 of every parameter and buffer, by name: equal digests mean bit-identical models."""
+def param_digest(model: nn.Module, *, staged: bool = False) -> str:
+    """SHA-256 of every parameter and buffer of the whole model, by name: equal digests mean bit-identical
+    models, whatever the strategy. Every rank calls it when the model is sharded or cut into ``staged`` parts.
+    """
+    state = {name: tensor.full_tensor() if isinstance(tensor, DTensor) else tensor  # a collective, same order
+             for name, tensor in sorted(unwrap(model).state_dict().items())}
+    if staged:
+        state = gather_state(state)
     digest = hashlib.sha256()
-    for name, tensor in sorted(unwrap(model).state_dict().items()):
+    for name, tensor in sorted(state.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
-def global_mean(value: torch.Tensor) -> float:
-    """The mean of a scalar over all ranks."""
+def global_mean(value: torch.Tensor, *, contributors: int) -> float:
+    """The mean of a scalar over the ``contributors`` ranks that hold one (the others pass 0: pipeline stages
+    without the loss)."""
     total = value.detach().clone()
     dist.all_reduce(total)
-    return total.item() / dist.get_world_size()
+    return total.item() / contributors
 
 
 def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Path,
@@ -70,14 +79,16 @@ def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Pa
 
     At a step boundary where ``supervisor`` says stop, every rank saves that step and hands over.
     """
-    plan.check_world(env.world_size)
+    dims = plan.check_world(env.world_size)
+    dp_index, _ = dims.coordinates(env.rank)
     cfg = plan.train
     seed_everything(cfg.seed)  # the same initial model on every rank
     data = build_dataset(plan.data)
-    model = apply_strategy(build_model(plan.model, sample_shape=data.sample_shape, num_classes=data.num_classes),
-                           plan.strategy, device=device)
+    model, pipeline = parallelize(build_model(plan.model, sample_shape=data.sample_shape, num_classes=data.num_classes),
+                                  plan, dims, rank=env.rank, device=device)
     optimizer = build_optimizer(plan.optim, model.parameters())
-    trainee = Trainee(model, optimizer, build_scheduler(plan.optim, optimizer, total_steps=cfg.steps))
+    trainee = Trainee(model, optimizer, build_scheduler(plan.optim, optimizer, total_steps=cfg.steps),
+                      pipeline=pipeline)
     seed_everything(cfg.seed + 1 + env.rank)  # per-rank streams (dropout, augmentation) from here on
     writer = CheckpointWriter(run_dir / "checkpoints", rank=env.rank, keep=cfg.keep_checkpoints,
                               background=cfg.async_checkpoint, on_done=supervisor.saved)
@@ -86,8 +97,9 @@ def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Pa
     supervisor.resumed(resumed_from)
     meta = checkpoint_meta(plan, env.world_size)
 
-    per_rank_batch = cfg.global_batch_size // env.world_size
-    sampler = DistributedSampler(data.dataset, num_replicas=env.world_size, rank=env.rank,
+    # The ranks of one pipeline share a replica's batch (the first stage reads the inputs, the last the targets).
+    per_rank_batch = cfg.global_batch_size // dims.dp
+    sampler = DistributedSampler(data.dataset, num_replicas=dims.dp, rank=dp_index,
                                  shuffle=True, seed=cfg.seed, drop_last=True)
     steps_per_epoch = len(sampler) // per_rank_batch
     if steps_per_epoch == 0:
@@ -111,7 +123,7 @@ def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Pa
             log_now = trainee.step % cfg.log_every_steps == 0 or trainee.step in (1, cfg.steps)
             save_now = stop or trainee.step % cfg.checkpoint_every_steps == 0 or trainee.step == cfg.steps
             if log_now or save_now:
-                trainee.loss = global_mean(loss)
+                trainee.loss = global_mean(loss, contributors=dims.dp)
             if log_now:
                 now = time.perf_counter()
                 record = {"step": trainee.step, "loss": trainee.loss, "lr": trainee.scheduler.get_last_lr()[0],
@@ -130,17 +142,22 @@ def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Pa
     writer.close()
     supervisor.finished(trainee.step)
     elapsed = time.perf_counter() - started
+    digest = param_digest(trainee.model, staged=pipeline is not None)  # every rank: shards and stages are gathered
     if metrics is None or progress is None:
         return None
     metrics.close()
     progress.close()
-    return _write_summary(trainee, plan, env, run_dir, device=device, resumed_from=resumed_from, elapsed_s=elapsed)
+    return _write_summary(trainee, plan, env, run_dir, device=device, resumed_from=resumed_from, elapsed_s=elapsed,
+                          digest=digest)
 
 
 def _step(trainee: Trainee, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     trainee.optimizer.zero_grad(set_to_none=True)
-    loss = nn.functional.cross_entropy(trainee.model(inputs), targets)
-    loss.backward()
+    if trainee.pipeline is not None:
+        loss = pipeline_step(trainee.pipeline, inputs, targets)
+    else:
+        loss = nn.functional.cross_entropy(trainee.model(inputs), targets)
+        loss.backward()
     trainee.optimizer.step()
     trainee.scheduler.step()
     trainee.step += 1
@@ -148,13 +165,13 @@ def _step(trainee: Trainee, inputs: torch.Tensor, targets: torch.Tensor) -> torc
 
 
 def _write_summary(trainee: Trainee, plan: JobPlan, env: TaskEnvironment, run_dir: Path, *,
-                   device: torch.device, resumed_from: int, elapsed_s: float) -> dict[str, Any]:
+                   device: torch.device, resumed_from: int, elapsed_s: float, digest: str) -> dict[str, Any]:
     steps_run = trainee.step - resumed_from
     summary = {
         "final_loss": trainee.loss,
         "steps": trainee.step,
         "samples_per_s": steps_run * plan.train.global_batch_size / elapsed_s if steps_run else 0.0,
-        "param_digest": param_digest(trainee.model),
+        "param_digest": digest,
         "run_dir": str(run_dir.resolve()),
         "world_size": env.world_size,
         "launcher": env.launcher,

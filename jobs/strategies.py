@@ -2,7 +2,13 @@
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.nn.parallel import DistributedDataParallel
+
+try:  # public from torch 2.6 on; the composable path before that
+    from torch.distributed.fsdp import fully_shard
+except ImportError:  # pragma: no cover
+    from torch.distributed._composable.fsdp import fully_shard
 
 from jobs.config import StrategyConfig
 
@@ -16,14 +22,31 @@ def apply_ddp(model: nn.Module, *, device: torch.device, bucket_cap_mb: float) -
     return DistributedDataParallel(model.to(device), device_ids=device_ids, bucket_cap_mb=bucket_cap_mb)
 
 
+def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh) -> nn.Module:
+    """Shard parameters, gradients and optimizer state over ``mesh`` (FSDP2's ``fully_shard``).
+
+    Each child with parameters (a transformer block, a layer) is its own unit, so only one unit's
+    parameters are gathered at a time; the root takes what is left. Gradients are averaged over the
+    mesh by reduce-scatter, as DDP's all-reduce does.
+    """
+    for child in model.children():
+        if any(True for _ in child.parameters()):
+            fully_shard(child, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
 def apply_single(model: nn.Module, *, device: torch.device) -> nn.Module:
     """One rank trains the whole model; nothing is communicated."""
     return model.to(device)
 
 
-def apply_strategy(model: nn.Module, cfg: StrategyConfig, *, device: torch.device) -> nn.Module:
+def apply_strategy(model: nn.Module, cfg: StrategyConfig, *, device: torch.device, world_size: int) -> nn.Module:
     if cfg.name == "ddp":
         return apply_ddp(model, device=device, bucket_cap_mb=cfg.bucket_cap_mb)
+    if cfg.name == "fsdp":
+        mesh = init_device_mesh(device.type, (world_size,), mesh_dim_names=("dp",))
+        return apply_fsdp(model.to(device), mesh=mesh)
     return apply_single(model, device=device)
 
 

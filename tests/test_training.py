@@ -27,15 +27,28 @@ def test_main_job_learns_and_writes_its_summary(tmp_path):
     assert list((tmp_path / "tensorboard").iterdir()), "tensorboard is installed, so event files are expected"
 
 
-def test_two_rank_ddp_matches_one_process_on_the_whole_batch(tmp_path):
-    run_train(*SHORT, "cluster.tasks_per_node=2", f"hydra.run.dir={tmp_path / 'ddp'}")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_match_one_process_on_the_whole_batch(tmp_path, strategy):
+    run_train(*SHORT, f"strategy={strategy}", "cluster.tasks_per_node=2", f"hydra.run.dir={tmp_path / strategy}")
     run_train(*SHORT, "cluster=debug", f"hydra.run.dir={tmp_path / 'single'}")
-    ddp, single = final_model(tmp_path / "ddp"), final_model(tmp_path / "single")
-    assert ddp.keys() == single.keys()
-    for name in ddp:
-        torch.testing.assert_close(ddp[name], single[name], atol=1e-6, rtol=0, msg=name)
+    two, single = final_model(tmp_path / strategy), final_model(tmp_path / "single")
+    assert two.keys() == single.keys()
+    for name in two:
+        torch.testing.assert_close(two[name], single[name], atol=1e-6, rtol=0, msg=name)
     initial = build_initial_mlp()
-    assert not torch.allclose(ddp["fc1.weight"], initial["fc1.weight"], atol=1e-3), "the model did train"
+    assert not torch.allclose(two["fc1.weight"], initial["fc1.weight"], atol=1e-3), "the model did train"
+
+
+def test_fsdp_resumes_exactly_from_its_sharded_checkpoint(tmp_path):
+    fsdp = ("strategy=fsdp", "model=transformer", "model.depth=2", "optim=adamw", "data.image_shape=[1,8,8]")
+    run_train(*SHORT, *fsdp, f"hydra.run.dir={tmp_path / 'whole'}")
+    run_train(*SHORT, *fsdp, "train.steps=10", f"hydra.run.dir={tmp_path / 'split'}")
+    resumed = run_train(*SHORT, *fsdp, f"hydra.run.dir={tmp_path / 'split'}")
+    assert read_summary(tmp_path / "split")["resumed_from_step"] == 10
+    assert read_summary(tmp_path / "split")["param_digest"] == read_summary(tmp_path / "whole")["param_digest"]
+    assert read_summary(tmp_path / "whole")["param_digest"] in resumed.stdout
+    shards = sorted(p.name for p in (tmp_path / "whole" / "checkpoints" / "step-000020").iterdir())
+    assert shards == [".metadata", "COMPLETE", "__0_0.distcp", "__1_0.distcp"]
 
 
 def build_initial_mlp() -> dict[str, torch.Tensor]:

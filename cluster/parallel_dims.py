@@ -1,0 +1,72 @@
+"""How a job's ranks are split between data parallelism (dp) and pipeline stages (pp), validated whole.
+
+Ranks are laid out pp-fastest: the pp ranks of one replica are consecutive, so with ``pp`` equal to
+the tasks per node a pipeline stays inside a node and its replicas span nodes, as the seed articles
+recommend (model parallel inside a machine, data parallel across machines). Like torchtitan's
+``parallel_dims.py``, one error names every factor that does not fit.
+"""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelDims:
+    """The split of ``world_size`` ranks into ``dp`` replicas of a ``pp``-rank pipeline."""
+
+    world_size: int  # ranks in the job (nodes x tasks_per_node)
+    dp: int  # data-parallel replicas
+    pp: int = 1  # pipeline ranks per replica
+    microbatches: int = 1  # micro-batches each replica splits its batch into (pipelines)
+    stages_per_rank: int = 1  # model stages each pipeline rank holds (interleaved schedules: >= 2)
+    layers: int | None = None  # layers the model can be cut at (None: a model that cannot be cut)
+    global_batch_size: int = 0  # samples per optimizer step over all replicas (0: not checked)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if min(self.world_size, self.dp, self.pp, self.microbatches, self.stages_per_rank) < 1:
+            problems.append("world size, dp, pp, microbatches and stages_per_rank must be positive")
+        elif self.dp * self.pp != self.world_size:
+            problems.append(f"dp x pp = {self.dp} x {self.pp} = {self.dp * self.pp}, but the job has "
+                            f"{self.world_size} ranks (nodes x tasks_per_node); choose a strategy.pp "
+                            f"that divides {self.world_size}")
+        if self.pp > 1 or self.stages_per_rank > 1:
+            if self.layers is None:
+                problems.append("the model cannot be cut into pipeline stages; use model=transformer or model=cnn")
+            elif self.layers < self.stages:
+                problems.append(f"the model has {self.layers} layers, fewer than pp x stages_per_rank = "
+                                f"{self.pp} x {self.stages_per_rank} = {self.stages} stages; lower strategy.pp "
+                                "or strategy.stages_per_rank, or deepen the model (model.depth)")
+            if self.microbatches < self.stages:
+                problems.append(f"strategy.microbatches={self.microbatches} is fewer than the {self.stages} stages, "
+                                f"so stages would sit idle; use at least {self.stages}")
+        if self.global_batch_size and self.dp >= 1 and self.microbatches >= 1:
+            unit = self.dp * self.microbatches
+            if self.global_batch_size % unit:
+                problems.append(f"train.global_batch_size={self.global_batch_size} is not divisible by dp x "
+                                f"microbatches = {self.dp} x {self.microbatches} = {unit}; use a multiple of {unit}")
+        if problems:
+            raise ValueError("the parallel plan does not fit: " + "; ".join(problems))
+
+    @property
+    def stages(self) -> int:
+        return self.pp * self.stages_per_rank
+
+    def coordinates(self, rank: int) -> tuple[int, int]:
+        """``(dp index, pp index)`` of ``rank``."""
+        return divmod(rank, self.pp)
+
+    def stages_of(self, pp_index: int) -> list[int]:
+        """The stages a pipeline rank holds: stage s lives on pp rank s % pp (looped, as interleaved schedules expect)."""
+        return [pp_index + round_ * self.pp for round_ in range(self.stages_per_rank)]
+
+    def dp_peers(self, rank: int) -> list[int]:
+        """The ranks holding the same stages as ``rank`` (its replicas)."""
+        _, pp_index = self.coordinates(rank)
+        return [replica * self.pp + pp_index for replica in range(self.dp)]
+
+    def layers_of(self, stage: int) -> range:
+        """The layer indices stage ``stage`` holds: contiguous, near-equal groups, the first ones one larger."""
+        assert self.layers is not None
+        base, extra = divmod(self.layers, self.stages)
+        start = stage * base + min(stage, extra)
+        return range(start, start + base + (1 if stage < extra else 0))

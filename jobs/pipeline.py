@@ -1,0 +1,108 @@
+"""Pipeline model parallelism on ``torch.distributed.pipelining``, replicated over a dp x pp mesh.
+
+The model (a flat ``nn.Sequential``: the transformer's embedding, blocks and head, or the CNN's layers)
+is cut into ``pp x stages_per_rank`` stages; each pipeline rank runs its stages on micro-batches under a
+schedule (GPipe, 1F1B, interleaved 1F1B), and each stage is replicated over its dp peers with DDP or
+FSDP2. Stages keep the layer names of the whole model, so checkpoints (DCP) have the same keys
+whatever the split, and a single process reads them like its own.
+"""
+
+import collections
+import dataclasses
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.pipelining import (
+    PipelineStage,
+    Schedule1F1B,
+    ScheduleGPipe,
+    ScheduleInterleaved1F1B,
+)
+from torch.nn.parallel import DistributedDataParallel
+
+from cluster.parallel_dims import ParallelDims
+from jobs.config import JobPlan
+from jobs.strategies import apply_fsdp, apply_strategy
+
+SCHEDULES: dict[str, Callable[..., object]] = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
+
+
+@dataclasses.dataclass
+class Pipeline:
+    """One rank's part of the pipeline and the schedule that drives it."""
+
+    schedule: object  # a torch.distributed.pipelining schedule
+    is_first: bool  # holds stage 0: feeds the inputs
+    is_last: bool  # holds the last stage: computes the loss
+
+
+def split_stages(model: nn.Module, dims: ParallelDims) -> list[nn.Sequential]:
+    """``model``'s layers in ``dims.stages`` groups (``ParallelDims.layers_of``), each keeping its layers' names."""
+    if not isinstance(model, nn.Sequential) or len(model) != dims.layers:
+        raise ValueError(f"{type(model).__name__} is not the sequence of {dims.layers} layers the plan cuts; "
+                         "use model=transformer or model=cnn")
+    layers = list(model.named_children())
+    return [nn.Sequential(collections.OrderedDict(layers[i] for i in dims.layers_of(stage)))
+            for stage in range(dims.stages)]
+
+
+def apply_pipeline(model: nn.Module, dims: ParallelDims, *, rank: int, mesh: DeviceMesh, device: torch.device,
+                   schedule: str, replicate: str, bucket_cap_mb: float) -> tuple[nn.Module, Pipeline]:
+    """This rank's stages (as one module with the whole model's layer names) and its pipeline.
+
+    ``mesh`` is the (dp, pp) device mesh; the returned module is what the optimizer and checkpoints see.
+    """
+    _, pp_index = dims.coordinates(rank)
+    all_stages = split_stages(model, dims)
+    mine = dims.stages_of(pp_index)
+    runners = []
+    for index in mine:
+        stage = all_stages[index].to(device)
+        if dims.dp > 1 and replicate == "fsdp":
+            stage = apply_fsdp(stage, mesh=mesh["dp"])
+        elif dims.dp > 1:
+            stage = DistributedDataParallel(stage, process_group=mesh["dp"].get_group(),
+                                            device_ids=[device.index] if device.type == "cuda" else None,
+                                            bucket_cap_mb=bucket_cap_mb)
+        runners.append(PipelineStage(stage, index, dims.stages, device, group=mesh["pp"].get_group()))
+    loss_fn = nn.functional.cross_entropy  # a mean per micro-batch; the schedule averages over them
+    if schedule == "interleaved":
+        driver = ScheduleInterleaved1F1B(runners, n_microbatches=dims.microbatches, loss_fn=loss_fn)
+    else:
+        driver = SCHEDULES[schedule](runners[0], n_microbatches=dims.microbatches, loss_fn=loss_fn)
+    local = nn.Sequential(collections.OrderedDict(
+        (name, layer) for index in mine for name, layer in all_stages[index].named_children()))
+    return local, Pipeline(schedule=driver, is_first=0 in mine, is_last=dims.stages - 1 in mine)
+
+
+def pipeline_step(pipeline: Pipeline, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Forward and backward of one batch through the pipeline; the batch's mean loss on the last stage, else 0."""
+    losses: list[torch.Tensor] = []
+    args = (inputs,) if pipeline.is_first else ()
+    kwargs = {"target": targets, "losses": losses} if pipeline.is_last else {}
+    pipeline.schedule.step(*args, **kwargs)  # type: ignore[attr-defined]
+    if not pipeline.is_last:
+        return torch.zeros((), device=inputs.device)
+    return torch.stack([loss.detach() for loss in losses]).mean()
+
+
+def parallelize(model: nn.Module, plan: JobPlan, dims: ParallelDims, *, rank: int,
+                device: torch.device) -> tuple[nn.Module, Pipeline | None]:
+    """Apply the plan's strategy: the module to train, and the pipeline when there is one."""
+    strategy = plan.strategy
+    if not strategy.pipelined:
+        return apply_strategy(model, strategy, device=device, world_size=dims.world_size), None
+    mesh = init_device_mesh(device.type, (dims.dp, dims.pp), mesh_dim_names=("dp", "pp"))
+    return apply_pipeline(model, dims, rank=rank, mesh=mesh, device=device, schedule=strategy.schedule,
+                          replicate=strategy.replicate, bucket_cap_mb=strategy.bucket_cap_mb)
+
+
+def gather_state(local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The whole model's tensors on every rank, from each rank's stages (for the digest)."""
+    mine = {name: tensor.detach().cpu() for name, tensor in local.items()}
+    parts: list[dict[str, torch.Tensor]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(parts, mine)
+    return {name: tensor for part in parts for name, tensor in part.items()}
