@@ -42,8 +42,10 @@ class ParallelDims:
         if self.global_batch_size and self.dp >= 1 and self.microbatches >= 1:
             unit = self.dp * self.microbatches
             if self.global_batch_size % unit:
-                problems.append(f"train.global_batch_size={self.global_batch_size} is not divisible by dp x "
-                                f"microbatches = {self.dp} x {self.microbatches} = {unit}; use a multiple of {unit}")
+                parts = (f"the {self.dp} data-parallel replicas" if self.microbatches == 1 else
+                         f"dp x microbatches = {self.dp} x {self.microbatches} = {unit}")
+                problems.append(f"train.global_batch_size={self.global_batch_size} is not divisible by {parts}; "
+                                f"use a multiple of {unit}")
         if problems:
             raise ValueError("the parallel plan does not fit: " + "; ".join(problems))
 
