@@ -40,6 +40,8 @@ from torch.distributed.checkpoint.default_planner import (
 )
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
+from cluster.errors import one_line
+
 MARKER = "COMPLETE"
 PARTIAL_SUFFIX = ".partial"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -221,8 +223,7 @@ def _reading(folder: Path) -> Iterator[None]:
         cause = first_failure(error)
         if isinstance(cause, CheckpointError):
             raise cause from None
-        raise CheckpointError(f"checkpoint {folder} cannot be loaded ({type(cause).__name__}: "
-                              f"{str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}); "
+        raise CheckpointError(f"checkpoint {folder} cannot be loaded ({one_line(cause)}); "
                               f"move {folder} out of the way to resume from the checkpoint before it") from None
 
 

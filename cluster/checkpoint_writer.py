@@ -24,6 +24,7 @@ from cluster.checkpoint import (
     step_dir,
     write_state,
 )
+from cluster.errors import one_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +94,7 @@ class CheckpointWriter:
             folder = seal(partial, step_dir(self.root, step), {"step": step, **meta}) if self.rank == 0 else None
             error = ""
         except Exception as failure:  # DCP raises the first failing rank's error on every rank
-            last_line = str(failure).strip().splitlines()[-1] if str(failure).strip() else ""
-            folder, error = None, (f"{type(failure).__name__}: {last_line}; writing {partial}: "
+            folder, error = None, (f"{one_line(failure)}; writing {partial}: "
                                    "check the free space, quota and permissions there")
         # Every rank learns whether rank 0 sealed it: a failure on rank 0 alone is a failure for all.
         sealed = [folder is not None if self.rank == 0 else None]

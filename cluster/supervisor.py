@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from cluster.checkpoint_writer import SaveResult
 from cluster.environment import TaskEnvironment
+from cluster.errors import one_line
 from cluster.events import EventLog, read_events
 from cluster.requeue import (
     EXIT_REQUEUE,
@@ -121,8 +122,7 @@ class Supervisor:
                       "run the same command again to resume", flush=True)
             raise JobEnd(128 + int(getattr(signal, "SIG" + (self.flag.received or "TERM")).value))
         if self.env.is_main:
-            problem = request_requeue(self.env)
-            self.log.record("requeued", cause=cause[0], step=step, budget=phrase, **({"problem": problem} if problem else {}))
+            self._requeue(cause[0], step, phrase)
         raise JobEnd(EXIT_REQUEUE)
 
     def failed(self, error: BaseException, *, step: int | None, deterministic: bool) -> None:
@@ -131,7 +131,7 @@ class Supervisor:
         ``deterministic``: a configuration error, which a retry would only repeat.
         """
         kind = "peer" if is_peer_failure(error) else ("config" if deterministic else "exception")
-        text = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+        text = one_line(error)
         self.log.record("failed", kind=kind, step=step, error=text[:500])
         if self.env.launcher not in REQUEUEING_LAUNCHERS:
             raise error  # nothing here restarts the job: torchrun's --max-restarts or the user decide
@@ -144,9 +144,7 @@ class Supervisor:
         allowed, phrase = budget_left(self.budget, self.history, "failure")
         if not allowed:
             self._give_up(f"{text[:200]}, and the {phrase}", error)
-        problem = request_requeue(self.env)
-        self.log.record("requeued", cause="failure", step=step, budget=phrase,
-                        **({"problem": problem} if problem else {}))
+        self._requeue("failure", step, phrase)
         raise JobEnd(EXIT_REQUEUE) from error
 
     def finished(self, step: int) -> None:
@@ -154,6 +152,10 @@ class Supervisor:
         self.flag.uninstall()
         if self.env.is_main:
             self.log.record("finished", step=step, seconds=round(time.monotonic() - self.began, 3))
+
+    def _requeue(self, cause: str, step: int | None, phrase: str) -> None:
+        problem = request_requeue(self.env)
+        self.log.record("requeued", cause=cause, step=step, budget=phrase, **({"problem": problem} if problem else {}))
 
     def _cause(self) -> str:
         timeout = float(os.environ.get("SUBMITIT_LOCAL_TIMEOUT_S", 0) or 0)

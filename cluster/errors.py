@@ -1,0 +1,7 @@
+"""Errors as the one line that logs, events and messages show."""
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: last line of the message``: the last line is where torch and gloo put the cause."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[-1] if text else ''}"
