@@ -85,7 +85,7 @@ def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Pa
     seed_everything(cfg.seed)  # the same initial model on every rank
     data = build_dataset(plan.data)
     model, pipeline = parallelize(build_model(plan.model, sample_shape=data.sample_shape, num_classes=data.num_classes),
-                                  plan, dims, rank=env.rank, device=device)
+                                  plan, dims, rank=env.rank, device=device, sample_shape=data.sample_shape)
     optimizer = build_optimizer(plan.optim, model.parameters())
     trainee = Trainee(model, optimizer, build_scheduler(plan.optim, optimizer, total_steps=cfg.steps),
                       pipeline=pipeline)

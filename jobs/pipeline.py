@@ -49,14 +49,33 @@ def split_stages(model: nn.Module, dims: ParallelDims) -> list[nn.Sequential]:
             for stage in range(dims.stages)]
 
 
+def stage_boundaries(stages: list[nn.Sequential], microbatch: torch.Tensor) -> list[torch.Tensor]:
+    """The tensor entering each stage and the one leaving the last, for one micro-batch (zeros, as placeholders).
+
+    Computed in eval mode and without grad, so that no RNG is drawn and no DDP wrapper runs; every boundary
+    after the inputs is marked as needing a gradient, so that the stages exchange gradients across it.
+    """
+    boundaries = [microbatch]
+    was_training = [stage.training for stage in stages]
+    with torch.no_grad():
+        for stage in stages:
+            boundaries.append(torch.zeros_like(stage.eval()(boundaries[-1])).requires_grad_())
+    for stage, training in zip(stages, was_training):
+        stage.train(training)
+    return boundaries
+
+
 def apply_pipeline(model: nn.Module, dims: ParallelDims, *, rank: int, mesh: DeviceMesh, device: torch.device,
-                   schedule: str, replicate: str, bucket_cap_mb: float) -> tuple[nn.Module, Pipeline]:
+                   sample_shape: tuple[int, ...], schedule: str, replicate: str,
+                   bucket_cap_mb: float) -> tuple[nn.Module, Pipeline]:
     """This rank's stages (as one module with the whole model's layer names) and its pipeline.
 
     ``mesh`` is the (dp, pp) device mesh; the returned module is what the optimizer and checkpoints see.
     """
     _, pp_index = dims.coordinates(rank)
     all_stages = split_stages(model, dims)
+    microbatch = torch.zeros(dims.global_batch_size // (dims.dp * dims.microbatches), *sample_shape)
+    boundaries = stage_boundaries(all_stages, microbatch)
     mine = dims.stages_of(pp_index)
     runners = []
     for index in mine:
@@ -67,7 +86,12 @@ def apply_pipeline(model: nn.Module, dims: ParallelDims, *, rank: int, mesh: Dev
             stage = DistributedDataParallel(stage, process_group=mesh["dp"].get_group(),
                                             device_ids=[device.index] if device.type == "cuda" else None,
                                             bucket_cap_mb=bucket_cap_mb)
-        runners.append(PipelineStage(stage, index, dims.stages, device, group=mesh["pp"].get_group()))
+        # Shapes given up front: torch 2.14 infers them by running the stage with grad enabled, which, through
+        # DDP outside no_sync, arms DDP's reducer and all-reduces the first micro-batch's gradients on their own.
+        # The sum is the same but rounds differently on a wrapper's first step, so a resumed run drifted ~1e-8.
+        runners.append(PipelineStage(stage, index, dims.stages, device, group=mesh["pp"].get_group(),
+                                     input_args=boundaries[index].to(device),
+                                     output_args=boundaries[index + 1].to(device)))
     loss_fn = nn.functional.cross_entropy  # a mean per micro-batch; the schedule averages over them
     if schedule == "interleaved":
         driver = ScheduleInterleaved1F1B(runners, n_microbatches=dims.microbatches, loss_fn=loss_fn)
@@ -89,15 +113,16 @@ def pipeline_step(pipeline: Pipeline, inputs: torch.Tensor, targets: torch.Tenso
     return torch.stack([loss.detach() for loss in losses]).mean()
 
 
-def parallelize(model: nn.Module, plan: JobPlan, dims: ParallelDims, *, rank: int,
-                device: torch.device) -> tuple[nn.Module, Pipeline | None]:
+def parallelize(model: nn.Module, plan: JobPlan, dims: ParallelDims, *, rank: int, device: torch.device,
+                sample_shape: tuple[int, ...]) -> tuple[nn.Module, Pipeline | None]:
     """Apply the plan's strategy: the module to train, and the pipeline when there is one."""
     strategy = plan.strategy
     if not strategy.pipelined:
         return apply_strategy(model, strategy, device=device, world_size=dims.world_size), None
     mesh = init_device_mesh(device.type, (dims.dp, dims.pp), mesh_dim_names=("dp", "pp"))
-    return apply_pipeline(model, dims, rank=rank, mesh=mesh, device=device, schedule=strategy.schedule,
-                          replicate=strategy.replicate, bucket_cap_mb=strategy.bucket_cap_mb)
+    return apply_pipeline(model, dims, rank=rank, mesh=mesh, device=device, sample_shape=sample_shape,
+                          schedule=strategy.schedule, replicate=strategy.replicate,
+                          bucket_cap_mb=strategy.bucket_cap_mb)
 
 
 def gather_state(local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -72,17 +72,14 @@ def test_pipeline_resumes_exactly(tmp_path):
 
 
 @pytest.mark.slow
-def test_hybrid_resumes_to_within_rounding(tmp_path):
-    """dp x pp with DDP replicas resumes to the same model up to float rounding (~1e-8), not bit for bit yet:
-    the first DDP iteration after a restart sums in another order (noted on the issue)."""
+def test_hybrid_resumes_exactly(tmp_path):
+    """dp x pp with DDP replicas: bit for bit, which needs the stage shapes given up front (jobs/pipeline.py)."""
     hybrid = (*TRANSFORMER, *SHORT, "strategy=hybrid", "cluster.tasks_per_node=4")
     run_train(*hybrid, f"hydra.run.dir={tmp_path / 'whole'}")
     run_train(*hybrid, "train.steps=5", f"hydra.run.dir={tmp_path / 'split'}")
     run_train(*hybrid, f"hydra.run.dir={tmp_path / 'split'}")
     assert read_summary(tmp_path / "split")["resumed_from_step"] == 5
-    whole, split = final_model(tmp_path / "whole"), final_model(tmp_path / "split")
-    for name in whole:
-        torch.testing.assert_close(split[name], whole[name], atol=1e-6, rtol=0, msg=name)
+    assert read_summary(tmp_path / "split")["param_digest"] == read_summary(tmp_path / "whole")["param_digest"]
 
 
 @pytest.mark.parametrize("overrides, message", [
