@@ -27,7 +27,7 @@ from jobs.data import build_dataset
 from jobs.metrics import MetricsLog, ProgressLine
 from jobs.models import build_model
 from jobs.optim import build_optimizer, build_scheduler
-from jobs.pipeline import gather_state, parallelize, pipeline_step
+from jobs.pipeline import gather_places, gather_state, parallelize, pipeline_step
 from jobs.strategies import unwrap
 
 SUMMARY_FILE = "summary.json"
@@ -94,6 +94,9 @@ def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Pa
                               background=cfg.async_checkpoint, on_done=supervisor.saved)
     resume(trainee, plan, env, writer.root, group=writer.group)
     resumed_from = trainee.step
+    places = gather_places(model, pipeline, local_rank=env.local_rank)
+    if env.is_main:  # the layout as it came out, for checking against the plan (events.jsonl)
+        supervisor.log.record("layout", ranks=places)
     supervisor.resumed(resumed_from)
     meta = checkpoint_meta(plan, env.world_size)
 

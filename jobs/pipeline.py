@@ -9,6 +9,7 @@ whatever the split, and a single process reads them like its own.
 
 import collections
 import dataclasses
+import os
 from collections.abc import Callable
 
 import torch
@@ -37,6 +38,8 @@ class Pipeline:
     schedule: object  # a torch.distributed.pipelining schedule
     is_first: bool  # holds stage 0: feeds the inputs
     is_last: bool  # holds the last stage: computes the loss
+    pp_ranks: list[int]  # the global ranks of this rank's pipeline, stage order
+    dp_ranks: list[int]  # the global ranks holding the same stages (this rank's replicas)
 
 
 def split_stages(model: nn.Module, dims: ParallelDims) -> list[nn.Sequential]:
@@ -99,7 +102,9 @@ def apply_pipeline(model: nn.Module, dims: ParallelDims, *, rank: int, mesh: Dev
         driver = SCHEDULES[schedule](runners[0], n_microbatches=dims.microbatches, loss_fn=loss_fn)
     local = nn.Sequential(collections.OrderedDict(
         (name, layer) for index in mine for name, layer in all_stages[index].named_children()))
-    return local, Pipeline(schedule=driver, is_first=0 in mine, is_last=dims.stages - 1 in mine)
+    return local, Pipeline(schedule=driver, is_first=0 in mine, is_last=dims.stages - 1 in mine,
+                           pp_ranks=dist.get_process_group_ranks(mesh["pp"].get_group()),
+                           dp_ranks=dist.get_process_group_ranks(mesh["dp"].get_group()))
 
 
 def pipeline_step(pipeline: Pipeline, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -123,6 +128,18 @@ def parallelize(model: nn.Module, plan: JobPlan, dims: ParallelDims, *, rank: in
     return apply_pipeline(model, dims, rank=rank, mesh=mesh, device=device, sample_shape=sample_shape,
                           schedule=strategy.schedule, replicate=strategy.replicate,
                           bucket_cap_mb=strategy.bucket_cap_mb)
+
+
+def gather_places(model: nn.Module, pipeline: Pipeline | None, *, local_rank: int) -> list[dict[str, object]]:
+    """Where every rank runs and what it holds, as each rank sees it from inside the job (rank order)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    place = {"rank": rank, "host": os.uname().nodename, "local_rank": local_rank,
+             "layers": [name for name, _ in model.named_children()] if pipeline else "all",
+             "pp_ranks": pipeline.pp_ranks if pipeline else [rank],
+             "dp_ranks": pipeline.dp_ranks if pipeline else list(range(world))}
+    places: list[dict[str, object]] = [{} for _ in range(world)]
+    dist.all_gather_object(places, place)
+    return places
 
 
 def gather_state(local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -20,26 +20,30 @@ pytestmark = [pytest.mark.slow]
 # 2 ranks, ~130 steps/s on the local cluster: long enough to interrupt, short enough to wait for.
 RUN = ("train.steps=4000", "train.global_batch_size=128", "train.log_every_steps=20",
        "train.checkpoint_every_steps=500")
-TWO_NODES = ("cluster=slurm", "cluster.nodes=2", "cluster.tasks_per_node=1", "cluster.timeout_min=10")
+TWO_NODES = ("cluster=slurm", "cluster.nodes=2", "cluster.timeout_min=10")
+# dp 2 x pp 2 over 2 nodes x 2 tasks: ~20 steps/s here, so 800 steps leave time to preempt it.
+HYBRID = ("model=transformer", "model.depth=2", "data.image_shape=[1,8,8]", "strategy=hybrid", "train.steps=800",
+          "train.global_batch_size=64", "train.log_every_steps=10", "train.checkpoint_every_steps=200")
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """Digests of uninterrupted runs (2 local ranks, the same as 2 Slurm nodes x 1 task), by overrides."""
-    cache: dict[tuple[str, ...], str] = {}
+    """Digests of uninterrupted runs on local ranks (2 by default, as many as 2 Slurm nodes x 1 task)."""
+    cache: dict[tuple[object, ...], str] = {}
 
-    def digest(*overrides: str) -> str:
-        if overrides not in cache:
+    def digest(*overrides: str, ranks: int = 2) -> str:
+        key = (*overrides, ranks)
+        if key not in cache:
             run_dir = tmp_path_factory.mktemp("reference")
-            run_train(*overrides, "cluster.tasks_per_node=2", f"hydra.run.dir={run_dir}", timeout=600)
-            cache[overrides] = read_summary(run_dir)["param_digest"]
-        return cache[overrides]
+            run_train(*overrides, f"cluster.tasks_per_node={ranks}", f"hydra.run.dir={run_dir}", timeout=600)
+            cache[key] = read_summary(run_dir)["param_digest"]
+        return cache[key]
 
     return digest
 
 
-def submit(run_dir: Path, *overrides: str) -> str:
-    result = run_train(*TWO_NODES, *overrides, f"hydra.run.dir={run_dir}")
+def submit(run_dir: Path, *overrides: str, tasks_per_node: int = 1) -> str:
+    result = run_train(*TWO_NODES, f"cluster.tasks_per_node={tasks_per_node}", *overrides, f"hydra.run.dir={run_dir}")
     return result.stdout.split("submitted job ")[1].split()[0]
 
 
@@ -93,6 +97,12 @@ def rank_pids(run_dir: Path) -> dict[int, int]:
     return found
 
 
+def preempt_everything() -> None:
+    """A job in the high partition that wants every node: Slurm preempts what runs in debug."""
+    subprocess.run(["sbatch", "-p", "high", "--nodes=4", "--exclusive", "--time=1", "--output=/dev/null",
+                    "--wrap", "sleep 3"], check=True, capture_output=True)
+
+
 def events_named(run_dir: Path, name: str) -> list[dict]:
     return [e for e in read_events(run_dir) if e["event"] == name]
 
@@ -116,7 +126,7 @@ def test_scontrol_requeue_mid_training_resumes_exactly(tmp_path, reference):
 @pytest.mark.usefixtures("slurm_cluster")
 def test_preemption_by_the_high_partition_at_a_random_step(tmp_path, reference):
     name = f"preempted-{tmp_path.name}"
-    command = [os.sys.executable, "-m", "jobs.train", *TWO_NODES, *RUN, "cluster.wait=true",
+    command = [os.sys.executable, "-m", "jobs.train", *TWO_NODES, "cluster.tasks_per_node=1", *RUN, "cluster.wait=true",
                f"cluster.job_name={name}", f"hydra.run.dir={tmp_path}"]
     # The submitting side waits (cluster.wait=true): a requeue must not look like the end to it.
     waiting = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE,
@@ -125,8 +135,7 @@ def test_preemption_by_the_high_partition_at_a_random_step(tmp_path, reference):
     print(f"preempting at step {at}")
     wait_until(lambda: last_step(tmp_path) >= at, timeout=120, what=f"step {at}")
     job = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True).stdout.strip()
-    subprocess.run(["sbatch", "-p", "high", "--nodes=4", "--exclusive", "--time=1", "--output=/dev/null",
-                    "--wrap", "sleep 3"], check=True, capture_output=True)
+    preempt_everything()
     out, err = waiting.communicate(timeout=300)
     summary = wait_finished(job, tmp_path, timeout=60)
     assert waiting.returncode == 0 and "done: 4000 steps" in out, err
@@ -137,6 +146,28 @@ def test_preemption_by_the_high_partition_at_a_random_step(tmp_path, reference):
     # nothing lost beyond the step in flight: the next run starts where the signal stopped this one
     assert summary["resumed_from_step"] == signalled[0]["step"] >= at
     assert events_named(tmp_path, "resumed")[0]["step"] == signalled[0]["step"]
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_hybrid_keeps_pipelines_inside_a_node_and_resumes_exactly_after_preemption(tmp_path, reference):
+    job = submit(tmp_path, *HYBRID, tasks_per_node=2)
+    at = random.Random().randint(100, 500)
+    print(f"preempting at step {at}")
+    wait_until(lambda: last_step(tmp_path) >= at, timeout=180, what=f"step {at}")
+    preempt_everything()
+    summary = wait_finished(job, tmp_path, timeout=300)
+    assert summary["param_digest"] == reference(*HYBRID, ranks=4)
+    signalled = events_named(tmp_path, "signalled")
+    assert signalled[0]["cause"] == "preemption" and summary["resumed_from_step"] == signalled[0]["step"] >= at
+    layouts = events_named(tmp_path, "layout")
+    assert len(layouts) == 2  # as each run saw itself from inside; the requeued one may get other nodes
+    for layout in layouts:
+        host = {place["rank"]: place["host"] for place in layout["ranks"]}
+        assert len(set(host.values())) == 2
+        for place in layout["ranks"]:
+            assert {host[peer] for peer in place["pp_ranks"]} == {place["host"]}, "a pipeline spans nodes"
+            assert len({host[peer] for peer in place["dp_ranks"]}) == 2, "replicas share a node"
+            assert place["layers"] == (["0", "1"] if place["rank"] % 2 == 0 else ["2", "3"])
 
 
 @pytest.mark.usefixtures("slurm_cluster")
