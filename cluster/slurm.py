@@ -111,3 +111,12 @@ def submit(fn: Callable[..., Any], *args: Any, resources: SlurmResources, folder
     executor = _Executor(folder=folder, python=shlex.quote(sys.executable))
     executor.update_parameters(**sbatch_parameters(resources))
     return executor.submit(fn, *args)
+
+
+def submit_array(fn: Callable[..., Any], arg_lists: list[tuple[Any, ...]], *, resources: SlurmResources,
+                 folder: Path, parallelism: int) -> list["submitit.Job[Any]"]:
+    """Submit ``fn(*args)`` for every ``args`` as one job array (one ``sbatch``), at most ``parallelism``
+    tasks running at once; every array task is a job of ``resources`` (several nodes if asked)."""
+    executor = _Executor(folder=folder, python=shlex.quote(sys.executable))
+    executor.update_parameters(**sbatch_parameters(resources), array_parallelism=parallelism)
+    return executor.map_array(fn, *zip(*arg_lists))

@@ -143,6 +143,15 @@ def scontrol(*args: str) -> str:
     return done.stdout
 
 
+def max_array_size() -> int:
+    """The cluster's MaxArraySize: array task ids must stay below it (``scontrol show config``)."""
+    for line in scontrol("show", "config").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize":
+            return int(value.strip())
+    return 1001  # Slurm's default, for a controller that does not say
+
+
 def preflight(resources: SlurmResources) -> Partition:
     """Check ``resources`` against the live cluster; returns the partition the job goes to."""
     return check_fits(resources, parse_partitions(scontrol("show", "partition", "-o")),

@@ -128,7 +128,7 @@ class Supervisor:
     def failed(self, error: BaseException, *, step: int | None, deterministic: bool) -> None:
         """This rank saw ``error``: retry the job within the failure budget, or end it (re-raising).
 
-        ``deterministic``: a configuration error, which a retry would only repeat.
+        ``deterministic``: an error a retry would only repeat (a configuration error, a diverged loss).
         """
         kind = "peer" if is_peer_failure(error) else ("config" if deterministic else "exception")
         text = one_line(error)
@@ -136,7 +136,7 @@ class Supervisor:
         if self.env.launcher not in REQUEUEING_LAUNCHERS:
             raise error  # nothing here restarts the job: torchrun's --max-restarts or the user decide
         if kind == "config":
-            self._give_up(f"a configuration error, which a retry would repeat ({text[:200]})", error)
+            self._give_up(f"an error a retry would repeat ({text[:200]})", error)
         again = [e for e in self.history if e.get("event") == "failed" and e.get("kind") == "exception"
                  and e.get("step") == step and e.get("error") == text[:500]]
         if kind == "exception" and again:

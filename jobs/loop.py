@@ -5,6 +5,7 @@ Plain functions around one loop; the strategy, the model and the data are built 
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,6 +128,9 @@ def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Pa
             save_now = stop or trainee.step % cfg.checkpoint_every_steps == 0 or trainee.step == cfg.steps
             if log_now or save_now:
                 trainee.loss = global_mean(loss, contributors=dims.dp)
+                if not math.isfinite(trainee.loss):  # every rank sees the same mean, so all stop here
+                    raise TrainingDivergedError(f"the loss is {trainee.loss} at step {trainee.step}: training "
+                                                "diverged; lower optim.lr (or check the data) and run again")
             if log_now:
                 now = time.perf_counter()
                 record = {"step": trainee.step, "loss": trainee.loss, "lr": trainee.scheduler.get_last_lr()[0],
@@ -152,6 +156,10 @@ def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Pa
     progress.close()
     return _write_summary(trainee, plan, env, run_dir, device=device, resumed_from=resumed_from, elapsed_s=elapsed,
                           digest=digest)
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss is no longer a number; resuming exactly from the last checkpoint would only repeat it."""
 
 
 def _step(trainee: Trainee, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from cluster.process_group import process_group
 from cluster.requeue import JobEnd
 from cluster.supervisor import BudgetSpentError, Supervisor
 from jobs.config import JobPlan
-from jobs.loop import train
+from jobs.loop import TrainingDivergedError, train
 
 # Errors of the configuration or the run directory: the same on every retry.
 DETERMINISTIC = (ValueError, FileNotFoundError, PermissionError, CheckpointError)
@@ -43,6 +43,8 @@ def run_task(plan: JobPlan, run_dir: Path, env: TaskEnvironment | None = None) -
         except (JobEnd, BudgetSpentError):  # the supervisor's own decisions
             raise
         except Exception as error:
-            supervisor.failed(error, step=supervisor.step, 
-                               deterministic=supervisor.step is None and isinstance(error, DETERMINISTIC))
+            # A divergence comes back bit for bit after an exact resume; a set-up error too.
+            repeats = isinstance(error, TrainingDivergedError) or (
+                supervisor.step is None and isinstance(error, DETERMINISTIC))
+            supervisor.failed(error, step=supervisor.step, deterministic=repeats)
             raise

@@ -1,0 +1,185 @@
+"""``python -m cluster``: watch, follow, cancel, retry and collect a sweep (or one Slurm run).
+
+Exit codes: 0 every member COMPLETED; 1 some ended badly (FAILED, CANCELLED, TIMEOUT, ...) and none is
+still queued; 3 some are still pending or running; 2 a usage error (a wrong path, no such member).
+"""
+
+import argparse
+import collections
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cluster.slurm import submit_array
+from cluster.sweep import Manifest, Member, NotASweepError, find_manifest
+from cluster.sweep_status import ACTIVE, ENDED_BADLY, MemberStatus, sweep_status
+
+ALL_DONE, SOME_FAILED, USAGE, STILL_RUNNING = 0, 1, 2, 3
+
+
+def exit_code(statuses: list[MemberStatus]) -> int:
+    states = {s.state for s in statuses}
+    if states & ACTIVE:
+        return STILL_RUNNING
+    return ALL_DONE if states == {"COMPLETED"} else SOME_FAILED
+
+
+def varying_overrides(members: list[Member]) -> dict[int, str]:
+    """Each member's overrides without those every member shares (the sweep's fixed part)."""
+    shared = set.intersection(*(set(m.overrides) for m in members)) if len(members) > 1 else set()
+    return {m.index: " ".join(o for o in m.overrides if o not in shared) for m in members}
+
+
+def status(args: argparse.Namespace) -> int:
+    manifest = find_manifest(args.path)
+    statuses, source = sweep_status(manifest)
+    counts = collections.Counter(s.state for s in statuses)
+    if args.json:
+        print(json.dumps({"sweep_dir": manifest.sweep_dir, "source": source, "counts": dict(counts),
+                          "members": [s.as_dict() for s in statuses]}, indent=1))
+        return exit_code(statuses)
+    labels = varying_overrides(manifest.members)
+    rows = [("member", "state", "restarts", "step", "loss", "elapsed", "overrides")]
+    for s in statuses:
+        total = f"/{s.member.steps}" if s.member.steps else ""
+        loss = f"{s.loss:.4f}" if s.loss is not None and math.isfinite(s.loss) else str(s.loss or "-")
+        rows.append((str(s.member.index), s.state, str(s.restarts), f"{s.step}{total}", loss, s.elapsed or "-",
+                     labels[s.member.index]))
+    _print_table(rows)
+    for s in statuses:
+        if s.error:
+            print(f"member {s.member.index} {s.state}: {s.error}")
+    print(f"{len(statuses)} member(s): " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+          + f" (states from {source})")
+    return exit_code(statuses)
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _members(manifest: Manifest, indices: list[int]) -> list[Member]:
+    by_index = {m.index: m for m in manifest.members}
+    missing = [i for i in indices if i not in by_index]
+    if missing:
+        raise NotASweepError(f"no member {', '.join(map(str, missing))} in {manifest.sweep_dir}; it has members "
+                             f"{min(by_index)}..{max(by_index)}")
+    return [by_index[i] for i in indices] if indices else manifest.members
+
+
+def logs(args: argparse.Namespace) -> int:
+    manifest = find_manifest(args.path)
+    member = _members(manifest, [args.member])[0]
+    files = [manifest.log_dir / f"{member.slurm_id}_{args.rank}_log.{kind}" for kind in ("out", "err")]
+    present = [f for f in files if f.is_file()]
+    if not present:
+        raise NotASweepError(f"no log of member {member.index} rank {args.rank} yet ({files[0].name}); "
+                             "it may still be pending: python -m cluster status " + manifest.sweep_dir)
+    if args.follow:
+        os.execvp("tail", ["tail", "-n", "+1", "-F", *map(str, present)])
+    for path in present:
+        print(f"==> {path} <==")
+        print(path.read_text(errors="replace"), end="")
+    return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    manifest = find_manifest(args.path)
+    members = _members(manifest, args.members)
+    ids = sorted({m.slurm_id for m in members}) if args.members else sorted({m.job_id for m in members})
+    subprocess.run(["scancel", *ids], check=True)
+    print(f"cancelled {' '.join(ids)}")
+    return 0
+
+
+def retry(args: argparse.Namespace) -> int:
+    manifest = find_manifest(args.path)
+    if manifest.launcher != "slurm":
+        raise NotASweepError(f"{manifest.sweep_dir} is a single run: run the same command again, it resumes "
+                             "from its last checkpoint")
+    statuses, _ = sweep_status(manifest)
+    wanted = {"FAILED"} if args.failed else ENDED_BADLY
+    again = [s.member for s in statuses if s.state in wanted]
+    if not again:
+        print(f"nothing to retry: no member is {' or '.join(sorted(wanted))}")
+        return exit_code(statuses)
+    groups: dict[object, list[tuple[Member, dict]]] = {}
+    for member in again:
+        submission = manifest.load_submission(member)
+        groups.setdefault(submission["resources"], []).append((member, submission))
+    for resources, group in groups.items():
+        jobs = submit_array(group[0][1]["fn"], [s["args"] for _, s in group], resources=resources,
+                            folder=manifest.log_dir, parallelism=len(group))
+        for (member, _), job in zip(group, jobs):
+            member.submitted(job.job_id)
+        manifest.write()
+        print(f"resubmitted member(s) {', '.join(str(m.index) for m, _ in group)} as job "
+              f"{jobs[0].job_id.split('_')[0]}; each resumes from its own last checkpoint")
+    return STILL_RUNNING
+
+
+def collect(args: argparse.Namespace) -> int:
+    from cluster.sweep_report import write_report  # matplotlib: only for this command
+
+    manifest = find_manifest(args.path)
+    report = write_report(manifest, metric=args.metric, mode=args.mode)
+    print(report)
+    return 0
+
+
+def wait_for_sweep(sweep_dir: Path, *, poll_s: float = 10.0) -> int:
+    """Follow a sweep until no member is queued; prints each change of the counts. The status exit code."""
+    manifest = find_manifest(sweep_dir)
+    last = None
+    while True:
+        statuses, _ = sweep_status(manifest)
+        counts = dict(sorted(collections.Counter(s.state for s in statuses).items()))
+        if counts != last:
+            print(", ".join(f"{n} {state}" for state, n in counts.items()), flush=True)
+            last = counts
+        code = exit_code(statuses)
+        if code != STILL_RUNNING:
+            return code
+        time.sleep(poll_s)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m cluster", description=__doc__.split("\n\n")[0],
+                                  epilog=__doc__.split("\n\n")[1])
+    commands = top.add_subparsers(dest="command", required=True)
+
+    def command(run, help_text: str) -> argparse.ArgumentParser:
+        cmd = commands.add_parser(run.__name__, help=help_text)
+        cmd.add_argument("path", type=Path, help="the sweep directory (or a member's or a single run's run directory)")
+        cmd.set_defaults(run=run)
+        return cmd
+
+    command(status, "a table of every member's state, progress and loss").add_argument(
+        "--json", action="store_true", help="print JSON for scripts")
+    cmd = command(logs, "a member's log (rank 0 by default)")
+    cmd.add_argument("member", type=int, nargs="?", default=0, help="member number (default 0)")
+    cmd.add_argument("--rank", type=int, default=0, help="the rank whose log to show")
+    cmd.add_argument("--follow", "-f", action="store_true", help="keep printing as the log grows")
+    command(cancel, "cancel the sweep, or the members named").add_argument(
+        "members", type=int, nargs="*", help="member numbers (default: every member)")
+    command(retry, "resubmit the members that failed or were cancelled").add_argument(
+        "--failed", action="store_true", help="only FAILED members (not cancelled or timed out)")
+    cmd = command(collect, "final metrics as a table and CSV, the best member, a loss plot")
+    cmd.add_argument("--metric", default="final_loss", help="summary.json key to rank by (default final_loss)")
+    cmd.add_argument("--mode", choices=["min", "max"], default="min", help="whether lower or higher is better")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (NotASweepError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USAGE

@@ -1,0 +1,125 @@
+"""A sweep's record on disk: ``manifest.json`` in the sweep directory, one entry per member.
+
+The manifest says, for every member, its overrides, its run directory and where it went in Slurm (array
+job id and task id) with the time of submission; a retry moves the member to its new array task and
+keeps the old one under ``attempts``. Each member's submission (function, arguments, resources) is
+pickled beside it under ``members/``, so ``python -m cluster retry`` resubmits it as it was.
+It is written whole to a temporary file and renamed, so a reader never sees half of it.
+"""
+
+import dataclasses
+import datetime
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+
+
+class NotASweepError(ValueError):
+    """A path given to the CLI holds neither a sweep (manifest.json) nor a run."""
+
+
+@dataclasses.dataclass
+class Member:
+    """One member of a sweep: one job (an array task on Slurm)."""
+
+    index: int  # member number, as in Hydra's job.num and the run directory's name
+    overrides: list[str]  # the command-line overrides that make this member
+    run_dir: str  # where its summary, metrics, events and checkpoints go
+    steps: int  # optimizer steps it trains for (for progress)
+    job_id: str = ""  # Slurm array job id ("" before submission; "local" for cluster=local)
+    task_id: int = -1  # its task in that array
+    submitted_at: str = ""  # ISO time of its (latest) submission
+    attempts: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # earlier submissions, oldest first
+
+    @property
+    def slurm_id(self) -> str:
+        """``ARRAY_TASK`` (or a single job's id), the id squeue, sacct and scancel know this member by."""
+        return f"{self.job_id}_{self.task_id}" if self.task_id >= 0 else self.job_id
+
+    def submitted(self, slurm_id: str) -> None:
+        """Record its new job: ``ARRAY_TASK``, or a plain job id (submitit submits an array of one as a job)."""
+        if self.job_id:
+            self.attempts.append({"job_id": self.job_id, "task_id": self.task_id, "submitted_at": self.submitted_at})
+        job_id, _, task = slurm_id.partition("_")
+        self.job_id, self.task_id, self.submitted_at = job_id, int(task) if task else -1, now()
+
+
+@dataclasses.dataclass
+class Manifest:
+    """Everything a later command needs to find, watch, retry and collect a sweep."""
+
+    sweep_dir: str  # absolute path of the sweep directory
+    launcher: str  # slurm, local, or run (one cluster=slurm run, read from its run directory)
+    created_at: str  # ISO time the sweep was submitted
+    members: list[Member]
+
+    @property
+    def path(self) -> Path:
+        return Path(self.sweep_dir) / MANIFEST
+
+    @property
+    def log_dir(self) -> Path:
+        """submitit's folder: ``ARRAY_TASK_RANK_log.out/.err`` per member and rank (``JOB_RANK_...`` for a run)."""
+        return Path(self.sweep_dir) / "logs"
+
+    def submission_path(self, member: Member) -> Path:
+        return Path(self.sweep_dir) / "members" / f"{member.index}.pkl"
+
+    def save_submission(self, member: Member, submission: dict[str, Any]) -> None:
+        path = self.submission_path(member)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pickle.dumps(submission))
+
+    def load_submission(self, member: Member) -> dict[str, Any]:
+        # Our own file, written at submission next to the manifest (like submitit's *_submitted.pkl).
+        return pickle.loads(self.submission_path(member).read_bytes())
+
+    def write(self) -> None:
+        temporary = self.path.with_name(f".{MANIFEST}.{os.getpid()}")
+        temporary.write_text(json.dumps(dataclasses.asdict(self), indent=1))
+        temporary.replace(self.path)
+
+    @classmethod
+    def read(cls, sweep_dir: Path) -> "Manifest":
+        data = json.loads((sweep_dir / MANIFEST).read_text())
+        data["members"] = [Member(**member) for member in data["members"]]
+        return cls(**data)
+
+
+def now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def array_chunks(count: int, max_array_size: int) -> list[range]:
+    """Member positions split into arrays Slurm accepts: task ids run 0 .. MaxArraySize - 1."""
+    if max_array_size < 1:
+        raise ValueError(f"MaxArraySize {max_array_size} leaves no room for an array task")
+    return [range(start, min(start + max_array_size, count)) for start in range(0, count, max_array_size)]
+
+
+def find_manifest(path: Path) -> Manifest:
+    """The sweep at ``path`` (or the sweep a member's run directory belongs to)."""
+    if not path.exists():
+        raise NotASweepError(f"{path} does not exist; give the sweep directory that `python -m jobs.train -m ...` "
+                             "printed (it holds manifest.json)")
+    for candidate in (path, path.parent):
+        if (candidate / MANIFEST).is_file():
+            return Manifest.read(candidate.resolve())
+    logs = sorted((path / "logs").glob("*_0_log.out"), key=lambda log: log.stat().st_mtime)
+    if logs:
+        return _single_run(path.resolve(), job_id=logs[-1].name.split("_")[0])
+    raise NotASweepError(f"{path} is no sweep directory: it has no {MANIFEST}; give the directory that "
+                         "`python -m jobs.train -m ...` printed (multirun/DATE/TIME by default)")
+
+
+def _single_run(run_dir: Path, *, job_id: str) -> Manifest:
+    """One ``cluster=slurm`` run seen as a sweep of one member (its newest job in ``logs/``)."""
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"  # Hydra's record: one "- key=value" per line
+    overrides = [line[2:].strip() for line in overrides_file.read_text().splitlines()
+                 if line.startswith("- ")] if overrides_file.is_file() else []
+    member = Member(index=0, overrides=overrides, run_dir=str(run_dir), steps=0, job_id=job_id)
+    return Manifest(sweep_dir=str(run_dir), launcher="run", created_at="", members=[member])

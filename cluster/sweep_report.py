@@ -1,0 +1,87 @@
+"""``python -m cluster collect``: every member's final metrics as a table and a CSV, the best member by a
+metric, and the loss curves of all members in one PNG (``results.csv`` and ``loss_curves.png`` in the
+sweep directory)."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from cluster.sweep import Manifest
+
+COLUMNS = ("member", "overrides", "steps", "final_loss", "samples_per_s", "param_digest", "run_dir")
+
+
+def read_curve(run_dir: Path) -> tuple[list[int], list[float]]:
+    """(steps, losses) of a run's metrics.jsonl; a resumed run's repeated steps keep their last value."""
+    by_step: dict[int, float] = {}
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        by_step[record["step"]] = record["loss"]
+    steps = sorted(by_step)
+    return steps, [by_step[s] for s in steps]
+
+
+def write_report(manifest: Manifest, *, metric: str, mode: str) -> str:
+    """Write results.csv and loss_curves.png; return the table and the best member as text."""
+    from cluster.cli import varying_overrides  # the same labels as `status`
+
+    labels = varying_overrides(manifest.members)
+    rows, missing = [], []
+    for member in manifest.members:
+        summary_path = Path(member.run_dir) / "summary.json"
+        if not summary_path.is_file():
+            missing.append(member.index)
+            continue
+        summary = json.loads(summary_path.read_text())
+        rows.append({"member": member.index, "overrides": labels[member.index], **summary})
+    sweep_dir = Path(manifest.sweep_dir)
+    extra = sorted({key for row in rows for key in row} - set(COLUMNS))
+    with open(sweep_dir / "results.csv", "w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=[*COLUMNS, *extra], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    _plot(manifest, labels, sweep_dir / "loss_curves.png")
+
+    lines = [f"{'member':>6}  {'final_loss':>10}  {'steps':>6}  {'samples/s':>10}  overrides"]
+    for row in rows:
+        lines.append(f"{row['member']:>6}  {row['final_loss']:>10.4f}  {row['steps']:>6}  "
+                     f"{row['samples_per_s']:>10,.0f}  {row['overrides']}")
+    ranked = [row for row in rows if isinstance(row.get(metric), (int, float)) and math.isfinite(row[metric])]
+    if ranked:
+        best = (min if mode == "min" else max)(ranked, key=lambda row: row[metric])
+        lines.append(f"best by {metric} ({mode}): member {best['member']} ({best['overrides']}), "
+                     f"{metric} = {best[metric]:.6g}")
+    elif rows:
+        lines.append(f"no member has a finite {metric!r} in its summary.json; pick another --metric")
+    if missing:
+        lines.append(f"no summary yet for member(s) {', '.join(map(str, missing))} (not finished)")
+    lines.append(f"wrote {sweep_dir / 'results.csv'} and {sweep_dir / 'loss_curves.png'}")
+    return "\n".join(lines)
+
+
+def _plot(manifest: Manifest, labels: dict[int, str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: login nodes have no display
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(9, 5.5))
+    for member in manifest.members:
+        steps, losses = read_curve(Path(member.run_dir))
+        if steps:
+            axes.plot(steps, losses, label=f"{member.index}: {labels[member.index]}"[:60], linewidth=1.2)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("training loss")
+    axes.set_yscale("log")
+    axes.set_title(f"{Path(manifest.sweep_dir).name}: {len(manifest.members)} member(s)")
+    axes.grid(True, alpha=0.3)
+    if len(manifest.members) <= 20:
+        axes.legend(fontsize=7, loc="upper right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)

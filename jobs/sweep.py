@@ -1,0 +1,98 @@
+"""Sweeps (``python -m jobs.train -m ...``): plan and check every member, then submit them all at once.
+
+Every member becomes a ``JobPlan`` and passes the same checks as a single run (``jobs.launchers.preflight``)
+before anything is submitted; one bad member stops the sweep with its number and overrides named. On
+Slurm, members with the same resources share a job array (split at the cluster's MaxArraySize), and the
+command returns once ``sbatch`` has answered; the manifest (``cluster.sweep``) records where each went.
+"""
+
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+from cluster.slurm import SlurmResources, submit_array
+from cluster.slurm_limits import max_array_size
+from cluster.slurm_limits import preflight as slurm_preflight
+from cluster.sweep import Manifest, Member, array_chunks, now
+from jobs.config import JobPlan
+from jobs.launchers import preflight
+from jobs.task import run_task
+
+
+@dataclasses.dataclass
+class SweepOptions:
+    """The launcher's settings (``hydra.launcher.*``)."""
+
+    array_parallelism: int = 64  # array tasks of one sweep running at once (Slurm's %N)
+    max_array_size: int = 0  # tasks per array at most (the cluster's MaxArraySize always holds); 0: that limit
+    wait: bool = False  # stay until every member has ended (default: return once submitted)
+
+    def __post_init__(self) -> None:
+        if self.array_parallelism < 1 or self.max_array_size < 0:
+            raise ValueError("hydra.launcher.array_parallelism must be >= 1 and hydra.launcher.max_array_size >= 0 "
+                             "(0: the cluster's MaxArraySize)")
+
+
+@dataclasses.dataclass
+class PlannedMember:
+    member: Member
+    plan: JobPlan
+
+
+def check_members(members: list[PlannedMember]) -> None:
+    """Every member's checks, all of them; one ValueError naming each member that fails, and why."""
+    problems = []
+    resources_seen: dict[SlurmResources, str] = {}
+    for planned in members:
+        try:
+            preflight(planned.plan, Path(planned.member.run_dir))
+            resources = planned.plan.slurm
+            if resources is not None and resources not in resources_seen:
+                resources_seen[resources] = slurm_preflight(resources).name
+        except (ValueError, FileNotFoundError, PermissionError) as error:
+            problems.append(f"member {planned.member.index} ({' '.join(planned.member.overrides) or 'no overrides'})"
+                            f": {error}")
+    if problems:
+        raise ValueError(f"{len(problems)} of {len(members)} sweep member(s) would fail, nothing was submitted:\n  "
+                         + "\n  ".join(problems))
+
+
+def submit_slurm_sweep(manifest: Manifest, members: list[PlannedMember], options: SweepOptions) -> list[str]:
+    """Submit the members as job arrays, one group of equal resources after another; the array job ids."""
+    limit = min(options.max_array_size or math.inf, max_array_size())  # the cluster's limit always holds
+    groups: dict[SlurmResources, list[PlannedMember]] = {}
+    for planned in members:
+        assert planned.plan.slurm is not None
+        groups.setdefault(planned.plan.slurm, []).append(planned)
+    arrays = []
+    for resources, group in groups.items():
+        for chunk in array_chunks(len(group), int(limit)):
+            part = [group[i] for i in chunk]
+            jobs = submit_array(run_task, [(p.plan, Path(p.member.run_dir)) for p in part], resources=resources,
+                                folder=manifest.log_dir, parallelism=options.array_parallelism)
+            for planned, job in zip(part, jobs):
+                planned.member.submitted(job.job_id)
+                manifest.save_submission(planned.member, {"fn": run_task, "args": (planned.plan,
+                                         Path(planned.member.run_dir)), "resources": resources})
+            arrays.append(part[0].member.job_id)
+            manifest.write()  # after every array: a failure later leaves the submitted ones on record
+    return arrays
+
+
+def launch_sweep(members: list[PlannedMember], sweep_dir: Path, options: SweepOptions) -> Manifest:
+    """Check all members, submit them, write the manifest and say how to watch the sweep."""
+    check_members(members)
+    launchers = {p.plan.cluster.name for p in members}
+    if launchers != {"slurm"}:
+        raise ValueError(f"this launcher submits cluster=slurm sweeps, got cluster={','.join(sorted(launchers))}; "
+                         "add cluster=slurm, or sweep locally with hydra/launcher=basic")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(sweep_dir=str(sweep_dir.resolve()), launcher="slurm", created_at=now(),
+                        members=[p.member for p in members])
+    arrays = submit_slurm_sweep(manifest, members, options)
+    print(f"submitted {len(members)} member(s) as {len(arrays)} job array(s): {', '.join(arrays)}\n"
+          f"sweep dir: {manifest.sweep_dir}\n"
+          f"watch:     python -m cluster status {manifest.sweep_dir}\n"
+          f"results:   python -m cluster collect {manifest.sweep_dir}", file=sys.stdout, flush=True)
+    return manifest

@@ -1,0 +1,93 @@
+"""Sweep records, Slurm state parsing and the CLI on run directories written by hand (no Slurm needed)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cluster.cli import main
+from cluster.sweep import Manifest, Member, array_chunks, find_manifest
+from cluster.sweep_status import expand_array_ids, from_run_dir, parse_states
+
+
+def test_arrays_are_cut_below_max_array_size():
+    assert array_chunks(300, 128) == [range(0, 128), range(128, 256), range(256, 300)]
+    assert array_chunks(12, 1001) == [range(0, 12)]
+    with pytest.raises(ValueError, match="MaxArraySize 0"):
+        array_chunks(3, 0)
+
+
+def test_sacct_and_squeue_lines_become_one_state_per_task():
+    sacct = ("145_0|COMPLETED|00:00:07\n145_[3-5,9%4]|PENDING|00:00:00\n145_1|CANCELLED by 0|00:00:02\n"
+             "146|FAILED|00:01:00\n")
+    states = parse_states(sacct)
+    assert states["145_0"] == ("COMPLETED", "00:00:07") and states["145_1"][0] == "CANCELLED"
+    assert [k for k in states if states[k][0] == "PENDING"] == ["145_3", "145_4", "145_5", "145_9"]
+    assert states["146"] == ("FAILED", "00:01:00")
+    assert expand_array_ids("77") == ["77"]
+
+
+def write_run(run_dir: Path, *, losses: list[float], summary: bool, failed: str | None = None) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": 10 * (i + 1), "loss": loss}) + "\n"
+                                                   for i, loss in enumerate(losses)))
+    events = [{"event": "started", "restart": 0}]
+    if failed:
+        events.append({"event": "failed", "kind": "final", "reason": f"job ends: {failed}"})
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    if summary:
+        (run_dir / "summary.json").write_text(json.dumps({"final_loss": losses[-1], "steps": 10 * len(losses),
+                                                          "samples_per_s": 1000.0, "param_digest": "ab"}))
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Manifest:
+    members = []
+    cases = [("0.1", [2.0, 1.0], True, None), ("0.3", [2.0, 0.5], True, None),
+             ("9", [2.0, float("nan")], False, "the loss is nan")]
+    for index, (lr, losses, done, failed) in enumerate(cases):
+        run_dir = tmp_path / str(index)
+        write_run(run_dir, losses=losses, summary=done, failed=failed)
+        members.append(Member(index=index, overrides=["cluster=slurm", f"optim.lr={lr}"], run_dir=str(run_dir),
+                              steps=20, job_id="", task_id=index))
+    manifest = Manifest(sweep_dir=str(tmp_path), launcher="slurm", created_at="2026-01-01T00:00:00", members=members)
+    manifest.write()
+    return manifest
+
+
+def test_the_manifest_survives_a_retry_and_is_found_from_a_member(sweep):
+    member = sweep.members[2]
+    member.submitted("41_2")
+    member.submitted("57")  # an array of one is a plain job
+    sweep.write()
+    again = find_manifest(Path(member.run_dir))
+    assert again.members[2].slurm_id == "57" and again.members[2].attempts[0]["job_id"] == "41"
+    assert not list(Path(sweep.sweep_dir).glob(".manifest.json.*"))  # written through a renamed temporary
+
+
+def test_run_directories_tell_the_state_when_slurm_cannot(sweep):
+    assert [from_run_dir(Path(m.run_dir)) for m in sweep.members] == ["COMPLETED", "COMPLETED", "FAILED"]
+
+
+def test_collect_writes_the_table_csv_and_plot_and_names_the_best(sweep, capsys):
+    assert main(["collect", sweep.sweep_dir]) == 0
+    out = capsys.readouterr().out
+    assert "best by final_loss (min): member 1 (optim.lr=0.3)" in out and "no summary yet for member(s) 2" in out
+    rows = (Path(sweep.sweep_dir) / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("member,overrides,steps,final_loss") and len(rows) == 3
+    png = (Path(sweep.sweep_dir) / "loss_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["status", "/nonexistent/sweep"], "does not exist; give the sweep directory"),
+    (["status", "/"], "is no sweep directory: it has no manifest.json"),
+])
+def test_a_wrong_path_says_what_was_expected(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_unknown_member_is_refused(sweep, capsys):
+    assert main(["logs", sweep.sweep_dir, "7"]) == 2
+    assert "no member 7" in capsys.readouterr().err
