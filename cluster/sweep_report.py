@@ -71,10 +71,11 @@ def _plot(manifest: Manifest, labels: dict[int, str], path: Path) -> None:
     from matplotlib import pyplot
 
     figure, axes = pyplot.subplots(figsize=(9, 5.5))
-    for member in manifest.members:
+    for position, member in enumerate(manifest.members):
         steps, losses = read_curve(Path(member.run_dir))
-        if steps:
-            axes.plot(steps, losses, label=f"{member.index}: {labels[member.index]}"[:60], linewidth=1.2)
+        if steps:  # the colour cycle has 10 colours: the next 10 members get dashes, then dots
+            axes.plot(steps, losses, label=f"{member.index}: {labels[member.index]}"[:60], linewidth=1.2,
+                      linestyle=("-", "--", ":")[position // 10 % 3])
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("training loss")
     axes.set_yscale("log")
