@@ -88,8 +88,12 @@ def launch_sweep(members: list[PlannedMember], sweep_dir: Path, options: SweepOp
         raise ValueError(f"this launcher submits cluster=slurm sweeps, got cluster={','.join(sorted(launchers))}; "
                          "add cluster=slurm, or sweep locally with hydra/launcher=basic")
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(sweep_dir=str(sweep_dir.resolve()), launcher="slurm", created_at=now(),
-                        members=[p.member for p in members])
+    manifest = Manifest(sweep_dir=str(sweep_dir.resolve()), launcher="slurm", created_at=now(), members=[])
+    if manifest.path.is_file():  # an earlier batch of this sweep (hydra.sweeper.max_batch_size) stays on record
+        manifest = Manifest.read(sweep_dir.resolve())
+    replaced = {p.member.index for p in members}
+    manifest.members = sorted([m for m in manifest.members if m.index not in replaced] + [p.member for p in members],
+                              key=lambda m: m.index)
     arrays = submit_slurm_sweep(manifest, members, options)
     print(f"submitted {len(members)} member(s) as {len(arrays)} job array(s): {', '.join(arrays)}\n"
           f"sweep dir: {manifest.sweep_dir}\n"
