@@ -8,22 +8,9 @@ import math
 from pathlib import Path
 
 from cluster.sweep import Manifest
+from cluster.sweep_status import read_curve
 
 COLUMNS = ("member", "overrides", "steps", "final_loss", "samples_per_s", "param_digest", "run_dir")
-
-
-def read_curve(run_dir: Path) -> tuple[list[int], list[float]]:
-    """(steps, losses) of a run's metrics.jsonl; a resumed run's repeated steps keep their last value."""
-    by_step: dict[int, float] = {}
-    path = run_dir / "metrics.jsonl"
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        by_step[record["step"]] = record["loss"]
-    steps = sorted(by_step)
-    return steps, [by_step[s] for s in steps]
 
 
 def write_report(manifest: Manifest, *, metric: str, mode: str) -> str:

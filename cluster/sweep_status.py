@@ -113,18 +113,24 @@ def member_status(member: Member, slurm: dict[str, tuple[str, str]]) -> MemberSt
     return MemberStatus(member, state, restarts, step, loss, elapsed, error)
 
 
-def _last_metrics(run_dir: Path) -> tuple[int, float | None]:
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return 0, None
-    for line in reversed(lines):
+def read_curve(run_dir: Path) -> tuple[list[int], list[float]]:
+    """(steps, losses) of a run's metrics.jsonl; a resumed run's repeated steps keep their last value, and a
+    line still being written is skipped."""
+    by_step: dict[int, float] = {}
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
         try:
             record = json.loads(line)
         except ValueError:
-            continue  # a line being written
-        return record["step"], record["loss"]
-    return 0, None
+            continue
+        by_step[record["step"]] = record["loss"]
+    steps = sorted(by_step)
+    return steps, [by_step[s] for s in steps]
+
+
+def _last_metrics(run_dir: Path) -> tuple[int, float | None]:
+    steps, losses = read_curve(run_dir)
+    return (steps[-1], losses[-1]) if steps else (0, None)
 
 
 def sweep_status(manifest: Manifest) -> tuple[list[MemberStatus], str]:
