@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from cluster.slurm import submit_array
 from cluster.sweep import Manifest, Member, NotASweepError, find_manifest
 from cluster.sweep_status import ACTIVE, ENDED_BADLY, MemberStatus, sweep_status
+from cluster.sweep_submit import submit_members
 
 ALL_DONE, SOME_FAILED, USAGE, STILL_RUNNING = 0, 1, 2, 3
 
@@ -109,18 +109,10 @@ def retry(args: argparse.Namespace) -> int:
     if not again:
         print(f"nothing to retry: no member is {' or '.join(sorted(wanted))}")
         return exit_code(statuses)
-    groups: dict[object, list[tuple[Member, dict]]] = {}
-    for member in again:
-        submission = manifest.load_submission(member)
-        groups.setdefault(submission["resources"], []).append((member, submission))
-    for resources, group in groups.items():
-        jobs = submit_array(group[0][1]["fn"], [s["args"] for _, s in group], resources=resources,
-                            folder=manifest.log_dir, parallelism=len(group))
-        for (member, _), job in zip(group, jobs):
-            member.submitted(job.job_id)
-        manifest.write()
-        print(f"resubmitted member(s) {', '.join(str(m.index) for m, _ in group)} as job "
-              f"{jobs[0].job_id.split('_')[0]}; each resumes from its own last checkpoint")
+    arrays = submit_members(manifest, [(member, manifest.load_submission(member)) for member in again],
+                            parallelism=len(again))
+    print(f"resubmitted member(s) {', '.join(str(m.index) for m in again)} as job {', '.join(arrays)}; "
+          "each resumes from its own last checkpoint")
     return STILL_RUNNING
 
 

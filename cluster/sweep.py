@@ -18,6 +18,20 @@ from typing import Any
 MANIFEST = "manifest.json"
 
 
+@dataclasses.dataclass
+class SweepOptions:
+    """The sweep launcher's settings (``hydra.launcher.*``)."""
+
+    array_parallelism: int = 64  # array tasks of one sweep running at once (Slurm's %N)
+    max_array_size: int = 0  # tasks per array at most (the cluster's MaxArraySize always holds); 0: that limit
+    wait: bool = False  # stay until every member has ended (default: return once submitted)
+
+    def __post_init__(self) -> None:
+        if self.array_parallelism < 1 or self.max_array_size < 0:
+            raise ValueError("hydra.launcher.array_parallelism must be >= 1 and hydra.launcher.max_array_size >= 0 "
+                             "(0: the cluster's MaxArraySize)")
+
+
 class NotASweepError(ValueError):
     """A path given to the CLI holds neither a sweep (manifest.json) nor a run."""
 

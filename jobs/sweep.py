@@ -7,31 +7,16 @@ command returns once ``sbatch`` has answered; the manifest (``cluster.sweep``) r
 """
 
 import dataclasses
-import math
 import sys
 from pathlib import Path
 
-from cluster.slurm import SlurmResources, submit_array
-from cluster.slurm_limits import max_array_size
+from cluster.slurm import SlurmResources
 from cluster.slurm_limits import preflight as slurm_preflight
-from cluster.sweep import Manifest, Member, array_chunks, now
+from cluster.sweep import Manifest, Member, SweepOptions, now
+from cluster.sweep_submit import submit_members
 from jobs.config import JobPlan
 from jobs.launchers import preflight
 from jobs.task import run_task
-
-
-@dataclasses.dataclass
-class SweepOptions:
-    """The launcher's settings (``hydra.launcher.*``)."""
-
-    array_parallelism: int = 64  # array tasks of one sweep running at once (Slurm's %N)
-    max_array_size: int = 0  # tasks per array at most (the cluster's MaxArraySize always holds); 0: that limit
-    wait: bool = False  # stay until every member has ended (default: return once submitted)
-
-    def __post_init__(self) -> None:
-        if self.array_parallelism < 1 or self.max_array_size < 0:
-            raise ValueError("hydra.launcher.array_parallelism must be >= 1 and hydra.launcher.max_array_size >= 0 "
-                             "(0: the cluster's MaxArraySize)")
 
 
 @dataclasses.dataclass
@@ -58,28 +43,6 @@ def check_members(members: list[PlannedMember]) -> None:
                          + "\n  ".join(problems))
 
 
-def submit_slurm_sweep(manifest: Manifest, members: list[PlannedMember], options: SweepOptions) -> list[str]:
-    """Submit the members as job arrays, one group of equal resources after another; the array job ids."""
-    limit = min(options.max_array_size or math.inf, max_array_size())  # the cluster's limit always holds
-    groups: dict[SlurmResources, list[PlannedMember]] = {}
-    for planned in members:
-        assert planned.plan.slurm is not None
-        groups.setdefault(planned.plan.slurm, []).append(planned)
-    arrays = []
-    for resources, group in groups.items():
-        for chunk in array_chunks(len(group), int(limit)):
-            part = [group[i] for i in chunk]
-            jobs = submit_array(run_task, [(p.plan, Path(p.member.run_dir)) for p in part], resources=resources,
-                                folder=manifest.log_dir, parallelism=options.array_parallelism)
-            for planned, job in zip(part, jobs):
-                planned.member.submitted(job.job_id)
-                manifest.save_submission(planned.member, {"fn": run_task, "args": (planned.plan,
-                                         Path(planned.member.run_dir)), "resources": resources})
-            arrays.append(part[0].member.job_id)
-            manifest.write()  # after every array: a failure later leaves the submitted ones on record
-    return arrays
-
-
 def launch_sweep(members: list[PlannedMember], sweep_dir: Path, options: SweepOptions) -> Manifest:
     """Check all members, submit them, write the manifest and say how to watch the sweep."""
     check_members(members)
@@ -94,7 +57,10 @@ def launch_sweep(members: list[PlannedMember], sweep_dir: Path, options: SweepOp
     replaced = {p.member.index for p in members}
     manifest.members = sorted([m for m in manifest.members if m.index not in replaced] + [p.member for p in members],
                               key=lambda m: m.index)
-    arrays = submit_slurm_sweep(manifest, members, options)
+    submissions = [(p.member, {"fn": run_task, "args": (p.plan, Path(p.member.run_dir)), "resources": p.plan.slurm})
+                   for p in members]
+    arrays = submit_members(manifest, submissions, parallelism=options.array_parallelism,
+                            max_size=options.max_array_size)
     print(f"submitted {len(members)} member(s) as {len(arrays)} job array(s): {', '.join(arrays)}\n"
           f"sweep dir: {manifest.sweep_dir}\n"
           f"watch:     python -m cluster status {manifest.sweep_dir}\n"

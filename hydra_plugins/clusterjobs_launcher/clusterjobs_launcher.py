@@ -22,13 +22,12 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from cluster.sweep import SweepOptions
+
 
 @dataclasses.dataclass
-class ClusterjobsLauncherConf:
+class ClusterjobsLauncherConf(SweepOptions):  # the fields and their docs: cluster.sweep.SweepOptions
     _target_: str = "hydra_plugins.clusterjobs_launcher.clusterjobs_launcher.ClusterjobsLauncher"
-    array_parallelism: int = 64  # array tasks of one sweep running at once (Slurm's %N)
-    max_array_size: int = 0  # tasks per array at most (the cluster's MaxArraySize always holds); 0: that limit
-    wait: bool = False  # stay until every member has ended (default: return once submitted)
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="clusterjobs", node=ClusterjobsLauncherConf,
@@ -36,8 +35,8 @@ ConfigStore.instance().store(group="hydra/launcher", name="clusterjobs", node=Cl
 
 
 class ClusterjobsLauncher(Launcher):
-    def __init__(self, array_parallelism: int = 64, max_array_size: int = 0, wait: bool = False) -> None:
-        self.settings = {"array_parallelism": array_parallelism, "max_array_size": max_array_size, "wait": wait}
+    def __init__(self, **settings: object) -> None:
+        self.settings = settings  # checked in launch(), where a bad value gets one line, not a traceback
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
 
@@ -45,10 +44,7 @@ class ClusterjobsLauncher(Launcher):
         self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from jobs.sweep import (  # late: Hydra imports every plugin at start-up
-            SweepOptions,
-            launch_sweep,
-        )
+        from jobs.sweep import launch_sweep  # late: Hydra imports every plugin at start-up (torch)
         from jobs.train import exit_on_user_error
 
         assert self.config is not None and self.hydra_context is not None
