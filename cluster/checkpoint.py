@@ -40,15 +40,11 @@ from torch.distributed.checkpoint.default_planner import (
 )
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-from cluster.errors import one_line
+from cluster.errors import CheckpointError, one_line
 
 MARKER = "COMPLETE"
 PARTIAL_SUFFIX = ".partial"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint in the run directory cannot be used; the message says how to proceed."""
 
 
 def step_dir(root: Path, step: int) -> Path:

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from cluster.local_queue import cancel_members, member_log, start_queue
 from cluster.sweep import Manifest, Member, NotASweepError, find_manifest
 from cluster.sweep_status import ACTIVE, ENDED_BADLY, MemberStatus, sweep_status
 from cluster.sweep_submit import submit_members
@@ -73,13 +74,24 @@ def _members(manifest: Manifest, indices: list[int]) -> list[Member]:
     return [by_index[i] for i in indices] if indices else manifest.members
 
 
+def member_logs(manifest: Manifest, member: Member, rank: int) -> list[Path]:
+    """Where a member's rank writes: submitit's files in the sweep's logs/ on Slurm. A local member's ranks
+    write under its run directory (its newest attempt), after what the member's own process printed."""
+    if manifest.launcher != "local":
+        return [manifest.log_dir / f"{member.slurm_id}_{rank}_log.{kind}" for kind in ("out", "err")]
+    own = [member_log(Path(manifest.sweep_dir), member.index)] if rank == 0 else []
+    newest = sorted(Path(member.run_dir, "logs").glob(f"*_{rank}_log.out"), key=lambda log: log.stat().st_mtime)
+    name = newest[-1].name.removesuffix(".out") if newest else f"JOB_{rank}_log"
+    return own + [Path(member.run_dir, "logs", f"{name}.{kind}") for kind in ("out", "err")]
+
+
 def logs(args: argparse.Namespace) -> int:
     manifest = find_manifest(args.path)
     member = _members(manifest, [args.member])[0]
-    files = [manifest.log_dir / f"{member.slurm_id}_{args.rank}_log.{kind}" for kind in ("out", "err")]
+    files = member_logs(manifest, member, args.rank)
     present = [f for f in files if f.is_file()]
     if not present:
-        raise NotASweepError(f"no log of member {member.index} rank {args.rank} yet ({files[0].name}); "
+        raise NotASweepError(f"no log of member {member.index} rank {args.rank} yet ({files[-1].name}); "
                              "it may still be pending: python -m cluster status " + manifest.sweep_dir)
     if args.follow:
         os.execvp("tail", ["tail", "-n", "+1", "-F", *map(str, present)])
@@ -92,6 +104,10 @@ def logs(args: argparse.Namespace) -> int:
 def cancel(args: argparse.Namespace) -> int:
     manifest = find_manifest(args.path)
     members = _members(manifest, args.members)
+    if manifest.launcher == "local":
+        cancelled = cancel_members(manifest, members)
+        print(f"cancelled member(s) {', '.join(map(str, cancelled)) or 'none (every one had ended)'}")
+        return 0
     ids = sorted({m.slurm_id for m in members}) if args.members else sorted({m.job_id for m in members})
     subprocess.run(["scancel", *ids], check=True)
     print(f"cancelled {' '.join(ids)}")
@@ -100,7 +116,7 @@ def cancel(args: argparse.Namespace) -> int:
 
 def retry(args: argparse.Namespace) -> int:
     manifest = find_manifest(args.path)
-    if manifest.launcher != "slurm":
+    if manifest.launcher == "run":
         raise NotASweepError(f"{manifest.sweep_dir} is a single run: run the same command again, it resumes "
                              "from its last checkpoint")
     statuses, _ = sweep_status(manifest)
@@ -109,9 +125,13 @@ def retry(args: argparse.Namespace) -> int:
     if not again:
         print(f"nothing to retry: no member is {' or '.join(sorted(wanted))}")
         return exit_code(statuses)
-    arrays = submit_members(manifest, [(member, manifest.load_submission(member)) for member in again],
-                            parallelism=len(again))
-    print(f"resubmitted member(s) {', '.join(str(m.index) for m in again)} as job {', '.join(arrays)}; "
+    if manifest.launcher == "local":
+        where = f"to a new local queue (pid {start_queue(manifest, again, parallelism=args.parallelism)})"
+    else:
+        arrays = submit_members(manifest, [(member, manifest.load_submission(member)) for member in again],
+                                parallelism=len(again))
+        where = f"as job {', '.join(arrays)}"
+    print(f"resubmitted member(s) {', '.join(str(m.index) for m in again)} {where}; "
           "each resumes from its own last checkpoint")
     return STILL_RUNNING
 
@@ -125,9 +145,10 @@ def collect(args: argparse.Namespace) -> int:
     return 0
 
 
-def wait_for_sweep(sweep_dir: Path, *, poll_s: float = 10.0) -> int:
+def wait_for_sweep(sweep_dir: Path) -> int:
     """Follow a sweep until no member is queued; prints each change of the counts. The status exit code."""
     manifest = find_manifest(sweep_dir)
+    poll_s = 1.0 if manifest.launcher == "local" else 10.0  # Slurm's tools are not to be asked every second
     last = None
     while True:
         statuses, _ = sweep_status(manifest)
@@ -160,8 +181,9 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("--follow", "-f", action="store_true", help="keep printing as the log grows")
     command(cancel, "cancel the sweep, or the members named").add_argument(
         "members", type=int, nargs="*", help="member numbers (default: every member)")
-    command(retry, "resubmit the members that failed or were cancelled").add_argument(
-        "--failed", action="store_true", help="only FAILED members (not cancelled or timed out)")
+    cmd = command(retry, "resubmit the members that failed or were cancelled")
+    cmd.add_argument("--failed", action="store_true", help="only FAILED members (not cancelled or timed out)")
+    cmd.add_argument("--parallelism", type=int, default=1, help="cluster=local: members running at once")
     cmd = command(collect, "final metrics as a table and CSV, the best member, a loss plot")
     cmd.add_argument("--metric", default="final_loss", help="summary.json key to rank by (default final_loss)")
     cmd.add_argument("--mode", choices=["min", "max"], default="min", help="whether lower or higher is better")

@@ -14,8 +14,6 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch.distributed as dist
-
 from cluster.environment import TaskEnvironment
 
 # submitit's local controller starts a job's tasks again when one exits with this code
@@ -69,6 +67,8 @@ def budget_left(budget: RequeueBudget, events: Sequence[Mapping[str, Any]], caus
 
 def is_peer_failure(error: BaseException) -> bool:
     """An error that says another rank is gone (a crash elsewhere), rather than a fault of this rank."""
+    import torch.distributed as dist  # loaded wherever a rank fails; jobs.config (the budget) stays torch-free
+
     if isinstance(error, getattr(dist, "DistError", ())):
         return True
     text = str(error)

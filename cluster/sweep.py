@@ -24,12 +24,13 @@ class SweepOptions:
 
     array_parallelism: int = 64  # array tasks of one sweep running at once (Slurm's %N)
     max_array_size: int = 0  # tasks per array at most (the cluster's MaxArraySize always holds); 0: that limit
+    local_parallelism: int = 1  # cluster=local members running at once; they share this machine's CPUs
     wait: bool = False  # stay until every member has ended (default: return once submitted)
 
     def __post_init__(self) -> None:
-        if self.array_parallelism < 1 or self.max_array_size < 0:
-            raise ValueError("hydra.launcher.array_parallelism must be >= 1 and hydra.launcher.max_array_size >= 0 "
-                             "(0: the cluster's MaxArraySize)")
+        if self.array_parallelism < 1 or self.local_parallelism < 1 or self.max_array_size < 0:
+            raise ValueError("hydra.launcher.array_parallelism and hydra.launcher.local_parallelism must be >= 1, "
+                             "hydra.launcher.max_array_size >= 0 (0: the cluster's MaxArraySize)")
 
 
 class NotASweepError(ValueError):
@@ -45,7 +46,7 @@ class Member:
     run_dir: str  # where its summary, metrics, events and checkpoints go
     steps: int  # optimizer steps it trains for (for progress)
     job_id: str = ""  # Slurm array job id ("" before submission; "local" for cluster=local)
-    task_id: int = -1  # its task in that array
+    task_id: int = -1  # its task in that array (cluster=local: the member's index)
     submitted_at: str = ""  # ISO time of its (latest) submission
     attempts: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # earlier submissions, oldest first
 

@@ -1,4 +1,5 @@
-"""Where every member of a sweep stands: Slurm's state (``sacct``, else ``squeue``) plus its run directory.
+"""Where every member of a sweep stands: Slurm's state (``sacct``, else ``squeue``; for a ``cluster=local``
+sweep, its queue's) plus its run directory.
 
 ``sacct`` knows every job that ever ran, while the accounting daemon is up. Without it, ``squeue`` still
 knows the jobs that are pending or running, and a member that has left the queue is read from its run
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from cluster.events import read_events
+from cluster.local_queue import SOURCE as LOCAL_SOURCE
+from cluster.local_queue import local_states
 from cluster.sweep import Manifest, Member
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
@@ -106,7 +109,9 @@ def member_status(member: Member, slurm: dict[str, tuple[str, str]]) -> MemberSt
     events = read_events(run_dir)
     restarts = max([e.get("restart", 0) for e in events if e["event"] == "started"], default=0) + len(member.attempts)
     step, loss = _last_metrics(run_dir)
-    failures = [e for e in events if e["event"] == "failed" and (e.get("error") or e.get("reason"))]
+    # Only since its latest submission: an earlier attempt's error is not this one's (ISO times compare as text).
+    failures = [e for e in events if e["event"] == "failed" and (e.get("error") or e.get("reason"))
+                and e.get("time", "") >= member.submitted_at]
     error = ""
     if state in ENDED_BADLY and failures:
         error = (failures[-1].get("error") or failures[-1]["reason"]).strip().splitlines()[-1]
@@ -134,6 +139,9 @@ def _last_metrics(run_dir: Path) -> tuple[int, float | None]:
 
 
 def sweep_status(manifest: Manifest) -> tuple[list[MemberStatus], str]:
-    """Every member's status, and the source of the Slurm states."""
-    slurm, source = slurm_states([m.job_id for m in manifest.members if m.job_id])
+    """Every member's status, and the source of the states (Slurm's tools, or the local queue)."""
+    if manifest.launcher == "local":
+        slurm, source = local_states(manifest), LOCAL_SOURCE
+    else:
+        slurm, source = slurm_states([m.job_id for m in manifest.members if m.job_id])
     return [member_status(member, slurm) for member in manifest.members], source

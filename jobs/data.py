@@ -1,7 +1,6 @@
 """Datasets a config can name, read through ``torchvision.datasets`` from their on-disk formats."""
 
 import dataclasses
-from pathlib import Path
 
 import torch
 import torchvision
@@ -9,10 +8,7 @@ from torch.utils.data import Dataset, TensorDataset
 from torchvision import transforms
 
 from jobs.config import DataConfig
-
-# torchvision's layouts: the folder each dataset reads, and the files it needs there.
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+from jobs.data_files import check_data_available
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,27 +16,6 @@ class DatasetInfo:
     dataset: Dataset
     sample_shape: tuple[int, ...]  # (channels, height, width) of one sample
     num_classes: int
-
-
-def expected_files(cfg: DataConfig) -> tuple[Path, tuple[str, ...]]:
-    """The folder a file-backed dataset reads and the files it needs there."""
-    if cfg.name == "mnist":
-        return Path(cfg.root) / "MNIST" / "raw", MNIST_FILES
-    if cfg.name == "cifar10":
-        return Path(cfg.root) / "cifar-10-batches-py", CIFAR10_FILES
-    return Path(cfg.root), ()
-
-
-def check_data_available(cfg: DataConfig) -> None:
-    """Fail before any rank starts when a dataset's files are not on disk (and not to be downloaded)."""
-    folder, files = expected_files(cfg)
-    missing = [name for name in files if not (folder / name).is_file()]
-    if missing and not cfg.download:
-        raise FileNotFoundError(
-            f"{cfg.name} files missing in {folder.resolve()}: {', '.join(missing)}; put torchvision's "
-            f"{cfg.name} files there, point data.root at the folder that holds {folder.relative_to(cfg.root)}/, "
-            "or set data.download=true"
-        )
 
 
 class _CIFAR10WithoutChecksums(torchvision.datasets.CIFAR10):

@@ -8,32 +8,18 @@ from typing import Any, Callable
 
 import torch
 
-from cluster.checkpoint import SafeReader, latest_checkpoint
 from cluster.environment import SINGLE_PROCESS, detect_environment
 from cluster.launch import launch_local, wait_for
 from cluster.parallel_dims import ParallelDims
-from cluster.rundir import check_writable, hold_run_dir
+from cluster.rundir import hold_run_dir
 from cluster.slurm import SlurmResources, render_sbatch, submit
 from cluster.slurm_limits import preflight as slurm_preflight
-from jobs.checkpointing import check_resumable
 from jobs.config import JobPlan
-from jobs.data import check_data_available
 from jobs.metrics import MetricsFollower, ProgressLine
+from jobs.preflight import preflight
 from jobs.task import run_task
 
 Summary = dict[str, Any] | None
-
-
-def preflight(plan: JobPlan, run_dir: Path, *, world_size: int | None = None) -> None:
-    """Everything that can be known to fail before a rank starts (world size: the plan's, by default)."""
-    world_size = world_size or plan.world_size or 1
-    plan.check_world(world_size)
-    check_data_available(plan.data)
-    check_writable(run_dir)
-    folder = latest_checkpoint(run_dir / "checkpoints")
-    if folder is not None:
-        check_resumable(plan, folder, world_size)
-        SafeReader(str(folder)).read_metadata()  # a damaged index fails here, not in every rank
 
 
 def run_local(plan: JobPlan, run_dir: Path) -> Summary:

@@ -1,22 +1,28 @@
 """Sweeps (``python -m jobs.train -m ...``): plan and check every member, then submit them all at once.
 
-Every member becomes a ``JobPlan`` and passes the same checks as a single run (``jobs.launchers.preflight``)
+Every member becomes a ``JobPlan`` and passes the same checks as a single run (``jobs.preflight``)
 before anything is submitted; one bad member stops the sweep with its number and overrides named. On
 Slurm, members with the same resources share a job array (split at the cluster's MaxArraySize), and the
-command returns once ``sbatch`` has answered; the manifest (``cluster.sweep``) records where each went.
+command returns once ``sbatch`` has answered; with ``cluster=local`` a queue process runs them a few at
+a time (``cluster.local_queue``). The manifest (``cluster.sweep``) records where each went.
 """
 
 import dataclasses
 import sys
 from pathlib import Path
 
+from cluster.by_name import ByName
+from cluster.local_queue import start_queue
 from cluster.slurm import SlurmResources
 from cluster.slurm_limits import preflight as slurm_preflight
 from cluster.sweep import Manifest, Member, SweepOptions, now
 from cluster.sweep_submit import submit_members
 from jobs.config import JobPlan
-from jobs.launchers import preflight
-from jobs.task import run_task
+from jobs.preflight import preflight
+
+# Imported where they run (a node, the local queue's member process): submitting needs no torch.
+RUN_TASK = ByName("jobs.task", "run_task")
+RUN_LOCAL = ByName("jobs.launchers", "run_local")
 
 
 @dataclasses.dataclass
@@ -44,25 +50,47 @@ def check_members(members: list[PlannedMember]) -> None:
 
 
 def launch_sweep(members: list[PlannedMember], sweep_dir: Path, options: SweepOptions) -> Manifest:
-    """Check all members, submit them, write the manifest and say how to watch the sweep."""
+    """Check all members, submit them (Slurm job arrays, or the local queue), write the manifest and say
+    how to watch the sweep."""
+    launcher = sweep_launcher(members)
     check_members(members)
-    launchers = {p.plan.cluster.name for p in members}
-    if launchers != {"slurm"}:
-        raise ValueError(f"this launcher submits cluster=slurm sweeps, got cluster={','.join(sorted(launchers))}; "
-                         "add cluster=slurm, or sweep locally with hydra/launcher=basic")
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(sweep_dir=str(sweep_dir.resolve()), launcher="slurm", created_at=now(), members=[])
-    if manifest.path.is_file():  # an earlier batch of this sweep (hydra.sweeper.max_batch_size) stays on record
-        manifest = Manifest.read(sweep_dir.resolve())
-    replaced = {p.member.index for p in members}
-    manifest.members = sorted([m for m in manifest.members if m.index not in replaced] + [p.member for p in members],
-                              key=lambda m: m.index)
-    submissions = [(p.member, {"fn": run_task, "args": (p.plan, Path(p.member.run_dir)), "resources": p.plan.slurm})
+    manifest = open_manifest(sweep_dir, launcher, [p.member for p in members])
+    task = RUN_TASK if launcher == "slurm" else RUN_LOCAL
+    submissions = [(p.member, {"fn": task, "args": (p.plan, Path(p.member.run_dir)), "resources": p.plan.slurm})
                    for p in members]
-    arrays = submit_members(manifest, submissions, parallelism=options.array_parallelism,
-                            max_size=options.max_array_size)
-    print(f"submitted {len(members)} member(s) as {len(arrays)} job array(s): {', '.join(arrays)}\n"
+    if launcher == "slurm":
+        arrays = submit_members(manifest, submissions, parallelism=options.array_parallelism,
+                                max_size=options.max_array_size)
+        where = f"as {len(arrays)} job array(s): {', '.join(arrays)}"
+    else:
+        for member, submission in submissions:
+            manifest.save_submission(member, submission)
+        queue = start_queue(manifest, [p.member for p in members], parallelism=options.local_parallelism)
+        where = f"to a local queue (pid {queue}, {options.local_parallelism} at a time)"
+    print(f"submitted {len(members)} member(s) {where}\n"
           f"sweep dir: {manifest.sweep_dir}\n"
           f"watch:     python -m cluster status {manifest.sweep_dir}\n"
           f"results:   python -m cluster collect {manifest.sweep_dir}", file=sys.stdout, flush=True)
+    return manifest
+
+
+def sweep_launcher(members: list[PlannedMember]) -> str:
+    """slurm or local: where every member of the sweep goes."""
+    launchers = sorted({p.plan.cluster.name for p in members})
+    if launchers not in (["slurm"], ["local"]):
+        raise ValueError(f"a sweep runs on cluster=slurm or cluster=local, got cluster={','.join(launchers)}; "
+                         "give one of the two (cluster=debug and cluster=inline run a single process)")
+    return launchers[0]
+
+
+def open_manifest(sweep_dir: Path, launcher: str, members: list[Member]) -> Manifest:
+    """The sweep's manifest with these members in it (an earlier batch of the same sweep stays on record)."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(sweep_dir=str(sweep_dir.resolve()), launcher=launcher, created_at=now(), members=[])
+    if manifest.path.is_file():  # hydra.sweeper.max_batch_size sends a sweep in batches
+        manifest = Manifest.read(sweep_dir.resolve())
+    replaced = {m.index for m in members}
+    manifest.members = sorted([m for m in manifest.members if m.index not in replaced] + members,
+                              key=lambda m: m.index)
+    manifest.write()
     return manifest

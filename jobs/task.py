@@ -7,8 +7,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from cluster.checkpoint import CheckpointError
 from cluster.environment import TaskEnvironment, detect_environment
+from cluster.errors import CheckpointError
 from cluster.process_group import process_group
 from cluster.requeue import JobEnd
 from cluster.supervisor import BudgetSpentError, Supervisor

@@ -13,13 +13,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from cluster.checkpoint import CheckpointError
 from cluster.environment import HalfSetEnvironmentError
+from cluster.errors import CheckpointError
 from cluster.launch import TaskFailedError
 from cluster.rundir import RunDirectoryBusyError
 from cluster.slurm_limits import SlurmUnavailableError
 from jobs.config import plan_from_config
-from jobs.launchers import LAUNCHERS
 
 # Errors that mean "fix your input": one line and exit code 2, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, CheckpointError, HalfSetEnvironmentError,
@@ -50,6 +49,10 @@ def print_summary(summary: dict[str, Any]) -> None:
 @hydra.main(version_base=None, config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
+        from jobs.launchers import (
+            LAUNCHERS,  # torch, 2-4 s: not for a sweep (-m), which never gets here
+        )
+
         plan = plan_from_config(cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         summary = LAUNCHERS[plan.cluster.name](plan, run_dir)

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,33 @@ def slurm_cluster():
 def squeue_ids() -> set[str]:
     out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout
     return set(out.split())
+
+
+def run_sweep(sweep_dir: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, float]:
+    """``python -m jobs.train -m OVERRIDES`` and the seconds until the prompt came back."""
+    began = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "jobs.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result, time.monotonic() - began
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m cluster ARGS``."""
+    return subprocess.run([sys.executable, "-m", "cluster", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def wait_done(sweep_dir: Path, *, timeout: float) -> dict:
+    """``status --json`` once no member is pending or running (exit code 3 means some still are)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = cli("status", str(sweep_dir), "--json")
+        if result.returncode != 3:
+            return {"exit": result.returncode, **json.loads(result.stdout)}
+        time.sleep(2)
+    raise AssertionError(f"the sweep in {sweep_dir} did not end in {timeout:.0f} s:\n{result.stdout}")
+
+
+def read_manifest(sweep_dir: Path) -> dict:
+    return json.loads((sweep_dir / "manifest.json").read_text())

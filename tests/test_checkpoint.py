@@ -11,7 +11,6 @@ import torch.distributed as dist
 
 from cluster.checkpoint import (
     MARKER,
-    CheckpointError,
     SafeReader,
     check_compatible,
     latest_checkpoint,
@@ -24,6 +23,7 @@ from cluster.checkpoint import (
 )
 from cluster.checkpoint_writer import CheckpointWriter, stage
 from cluster.environment import SINGLE_PROCESS
+from cluster.errors import CheckpointError
 from cluster.process_group import process_group
 
 CONFIG = {"model.name": "mlp", "optim.lr": 0.05}

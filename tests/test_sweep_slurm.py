@@ -3,14 +3,13 @@ arrays split below MaxArraySize, and status while the accounting daemon is down.
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from cluster.sweep_status import parse_states
-from tests.conftest import REPO
+from tests.conftest import REPO, cli, read_manifest, run_sweep, wait_done
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 # Eleven learning rates that train and one that diverges (its loss turns nan: FAILED, never retried by itself).
@@ -18,32 +17,7 @@ LRS = "0.01,0.02,0.03,0.05,0.07,0.1,0.15,0.2,0.3,0.4,0.5,1e6"
 
 
 def sweep(sweep_dir: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, float]:
-    """``python -m jobs.train -m OVERRIDES`` and the seconds until the prompt came back."""
-    began = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "jobs.train", "-m", "cluster=slurm", *overrides,
-                             f"hydra.sweep.dir={sweep_dir}"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result, time.monotonic() - began
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cluster", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
-
-
-def wait_done(sweep_dir: Path, *, timeout: float) -> dict:
-    """``status --json`` once no member is pending or running (exit code 3 means some still are)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = cli("status", str(sweep_dir), "--json")
-        if result.returncode != 3:
-            return {"exit": result.returncode, **json.loads(result.stdout)}
-        time.sleep(2)
-    raise AssertionError(f"the sweep in {sweep_dir} did not end in {timeout:.0f} s:\n{result.stdout}")
-
-
-def manifest(sweep_dir: Path) -> dict:
-    return json.loads((sweep_dir / "manifest.json").read_text())
+    return run_sweep(sweep_dir, "cluster=slurm", *overrides)
 
 
 def sacct_tasks(array: str) -> set[str]:
@@ -57,7 +31,7 @@ def test_a_12_member_sweep_is_one_array_followed_retried_and_collected(tmp_path)
     print(f"time to prompt, 12 members: {seconds:.2f} s")
     assert "submitted 12 member(s) as 1 job array(s)" in result.stdout
     assert f"python -m cluster status {tmp_path}" in result.stdout
-    members = manifest(tmp_path)["members"]
+    members = read_manifest(tmp_path)["members"]
     (array,) = {m["job_id"] for m in members}
     assert [(m["index"], m["task_id"]) for m in members] == [(i, i) for i in range(12)]
 
@@ -77,7 +51,7 @@ def test_a_12_member_sweep_is_one_array_followed_retried_and_collected(tmp_path)
 
     retried = cli("retry", str(tmp_path), "--failed")
     assert retried.returncode == 3 and "resubmitted member(s) 11 as job" in retried.stdout, retried.stderr
-    after = manifest(tmp_path)["members"]
+    after = read_manifest(tmp_path)["members"]
     assert after[:11] == members[:11]  # the others are left alone
     assert after[11]["job_id"] != array and after[11]["attempts"][0]["job_id"] == array
     again = wait_done(tmp_path, timeout=180)
@@ -91,7 +65,7 @@ def test_300_members_are_split_below_max_array_size_each_once(tmp_path):
                             "hydra.launcher.array_parallelism=2")
     print(f"time to prompt, 300 members: {seconds:.2f} s")
     try:
-        members = manifest(tmp_path)["members"]
+        members = read_manifest(tmp_path)["members"]
         assert [m["index"] for m in members] == list(range(300))
         arrays = sorted({m["job_id"] for m in members}, key=int)
         assert f"submitted 300 member(s) as 3 job array(s): {', '.join(arrays)}" in result.stdout

@@ -44,7 +44,9 @@ class ClusterjobsLauncher(Launcher):
         self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from jobs.sweep import launch_sweep  # late: Hydra imports every plugin at start-up (torch)
+        from jobs.sweep import (
+            launch_sweep,  # late: Hydra imports every plugin at start-up (torch)
+        )
         from jobs.train import exit_on_user_error
 
         assert self.config is not None and self.hydra_context is not None
