@@ -15,11 +15,13 @@ class RunDirectoryBusyError(RuntimeError):
 
 def check_writable(run_dir: Path) -> None:
     """Fail early, with the path, when the run directory cannot take files."""
-    probe = run_dir / ".write-test"
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_text("ok")
-        probe.unlink()
+        try:
+            run_dir.mkdir(parents=True)  # a directory this process just made is its own: nothing to probe
+        except FileExistsError:  # (one file less per member of a big sweep)
+            probe = run_dir / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
     except OSError as error:
         raise PermissionError(
             f"cannot write to the run directory {run_dir} ({error.strerror or error}); "

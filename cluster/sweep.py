@@ -3,8 +3,8 @@
 The manifest says, for every member, its overrides, its run directory and where it went in Slurm (array
 job id and task id) with the time of submission; a retry moves the member to its new array task and
 keeps the old one under ``attempts``. Each member's submission (function, arguments, resources) is
-pickled beside it under ``members/``, so ``python -m cluster retry`` resubmits it as it was.
-It is written whole to a temporary file and renamed, so a reader never sees half of it.
+pickled beside it in ``submissions.pkl``, so ``python -m cluster retry`` resubmits it as it was.
+Both are written whole to a temporary file and renamed, so a reader never sees half of one.
 """
 
 import dataclasses
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+SUBMISSIONS = "submissions.pkl"
 
 
 @dataclasses.dataclass
@@ -81,28 +82,38 @@ class Manifest:
         """submitit's folder: ``ARRAY_TASK_RANK_log.out/.err`` per member and rank (``JOB_RANK_...`` for a run)."""
         return Path(self.sweep_dir) / "logs"
 
-    def submission_path(self, member: Member) -> Path:
-        return Path(self.sweep_dir) / "members" / f"{member.index}.pkl"
+    @property
+    def submissions_path(self) -> Path:
+        return Path(self.sweep_dir) / SUBMISSIONS
 
-    def save_submission(self, member: Member, submission: dict[str, Any]) -> None:
-        path = self.submission_path(member)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(pickle.dumps(submission))
+    def save_submissions(self, submissions: list[tuple[Member, dict[str, Any]]]) -> None:
+        """Record these members' submissions (with those already on record): one file, not one per member,
+        which on these disks cost ~2 ms a file, 2 s for 1000 members."""
+        recorded = self._submissions() if self.submissions_path.is_file() else {}
+        recorded.update({member.index: submission for member, submission in submissions})
+        _write_atomically(self.submissions_path, pickle.dumps(recorded))
 
     def load_submission(self, member: Member) -> dict[str, Any]:
+        return self._submissions()[member.index]
+
+    def _submissions(self) -> dict[int, dict[str, Any]]:
         # Our own file, written at submission next to the manifest (like submitit's *_submitted.pkl).
-        return pickle.loads(self.submission_path(member).read_bytes())
+        return pickle.loads(self.submissions_path.read_bytes())
 
     def write(self) -> None:
-        temporary = self.path.with_name(f".{MANIFEST}.{os.getpid()}")
-        temporary.write_text(json.dumps(dataclasses.asdict(self), indent=1))
-        temporary.replace(self.path)
+        _write_atomically(self.path, json.dumps(dataclasses.asdict(self), indent=1).encode())
 
     @classmethod
     def read(cls, sweep_dir: Path) -> "Manifest":
         data = json.loads((sweep_dir / MANIFEST).read_text())
         data["members"] = [Member(**member) for member in data["members"]]
         return cls(**data)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_bytes(data)
+    temporary.replace(path)  # a reader sees the old file or the new one, never half of one
 
 
 def now() -> str:

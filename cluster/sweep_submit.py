@@ -26,9 +26,9 @@ def submit_members(manifest: Manifest, submissions: list[tuple[Member, dict[str,
             part = [group[i] for i in chunk]
             jobs = submit_array(part[0][1]["fn"], [submission["args"] for _, submission in part],
                                 resources=resources, folder=manifest.log_dir, parallelism=parallelism)
-            for (member, submission), job in zip(part, jobs):
+            for (member, _), job in zip(part, jobs):
                 member.submitted(job.job_id)
-                manifest.save_submission(member, submission)
+            manifest.save_submissions(part)
             arrays.append(part[0][0].job_id)
             manifest.write()
     return arrays

@@ -63,8 +63,7 @@ def launch_sweep(members: list[PlannedMember], sweep_dir: Path, options: SweepOp
                                 max_size=options.max_array_size)
         where = f"as {len(arrays)} job array(s): {', '.join(arrays)}"
     else:
-        for member, submission in submissions:
-            manifest.save_submission(member, submission)
+        manifest.save_submissions(submissions)
         queue = start_queue(manifest, [p.member for p in members], parallelism=options.local_parallelism)
         where = f"to a local queue (pid {queue}, {options.local_parallelism} at a time)"
     print(f"submitted {len(members)} member(s) {where}\n"

@@ -2,12 +2,14 @@
 arrays split below MaxArraySize, and status while the accounting daemon is down."""
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from cluster.slurm_limits import max_array_size
 from cluster.sweep_status import parse_states
 from tests.conftest import REPO, cli, read_manifest, run_sweep, wait_done
 
@@ -59,12 +61,18 @@ def test_a_12_member_sweep_is_one_array_followed_retried_and_collected(tmp_path)
     assert sacct_tasks(after[11]["job_id"]) == {after[11]["job_id"]}  # it went alone
 
 
-def test_300_members_are_split_below_max_array_size_each_once(tmp_path):
-    # The local cluster's MaxArraySize is 1001; the launcher's own cap stands for a small one here.
-    result, seconds = sweep(tmp_path, "train.steps=1", "train.seed=range(0,300)", "hydra.launcher.max_array_size=128",
-                            "hydra.launcher.array_parallelism=2")
-    print(f"time to prompt, 300 members: {seconds:.2f} s")
+def local_cluster_up(**environ: str) -> None:
+    subprocess.run([str(REPO / "slurm" / "local-cluster"), "up"], check=True, capture_output=True, timeout=180,
+                   env={**os.environ, **environ})
+
+
+def test_300_members_are_split_below_the_clusters_max_array_size_each_once(tmp_path):
+    local_cluster_up(MAX_ARRAY_SIZE="128")  # restarts slurmctld with the smaller limit
     try:
+        assert max_array_size() == 128
+        result, seconds = sweep(tmp_path, "train.steps=1", "train.seed=range(0,300)",
+                                "hydra.launcher.array_parallelism=2")
+        print(f"time to prompt, 300 members: {seconds:.2f} s")
         members = read_manifest(tmp_path)["members"]
         assert [m["index"] for m in members] == list(range(300))
         arrays = sorted({m["job_id"] for m in members}, key=int)
@@ -75,6 +83,7 @@ def test_300_members_are_split_below_max_array_size_each_once(tmp_path):
         assert all(0 <= m["task_id"] < 128 for m in members)
     finally:
         cancelled = cli("cancel", str(tmp_path))
+        local_cluster_up()  # MaxArraySize back to the default
     assert cancelled.returncode == 0
     status = wait_done(tmp_path, timeout=120)
     assert sum(status["counts"].values()) == 300
@@ -103,4 +112,4 @@ def test_status_without_accounting_reads_squeue_and_the_run_directories(tmp_path
         assert done.returncode == 1
     finally:
         cli("cancel", str(running))
-        subprocess.run([str(REPO / "slurm" / "local-cluster"), "up"], check=True, capture_output=True, timeout=180)
+        local_cluster_up()
