@@ -38,14 +38,22 @@ class SaveResult:
     error: str = ""  # why the write failed ("" when it did not)
 
 
-def stage(value: Any) -> Any:
-    """A copy of ``value`` that later training steps cannot change: tensors copied to CPU memory."""
+def stage(value: Any, reuse: Any = None) -> Any:
+    """A copy of ``value`` that later training steps cannot change: tensors copied to CPU memory.
+
+    Tensors of ``reuse`` (the previous save's copy, whose write has ended) are overwritten where shape
+    and dtype match: fresh memory costs a page fault per page, which made the copy 2-3x slower.
+    """
     if isinstance(value, torch.Tensor):
+        if isinstance(reuse, torch.Tensor) and reuse.shape == value.shape and reuse.dtype == value.dtype:
+            return reuse.copy_(value.detach())
         return value.detach().to("cpu", copy=True)
     if isinstance(value, Mapping):
-        return {key: stage(item) for key, item in value.items()}
+        old = reuse if isinstance(reuse, Mapping) else {}
+        return {key: stage(item, old.get(key)) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(stage(item) for item in value)
+        old = reuse if isinstance(reuse, (list, tuple)) and len(reuse) == len(value) else [None] * len(value)
+        return type(value)(stage(item, previous) for item, previous in zip(value, old))
     return value
 
 
@@ -61,13 +69,14 @@ class CheckpointWriter:
         # A daemon thread, not an executor: a rank that must exit (a dead peer) is not held by a stuck save.
         self._thread: threading.Thread | None = None
         self._outcome: list[SaveResult] = []
+        self._staged: Any = None  # the last background save's copy of the state, reused by the next
         self.last: SaveResult | None = None
 
     def save(self, state: Mapping[str, Any], step: int, meta: Mapping[str, Any]) -> None:
         """Start saving ``state`` as step ``step``; in the background unless configured otherwise."""
         started = time.perf_counter()
-        self.close()  # at most one save in flight
-        staged = stage(state) if self.background else state
+        self.close()  # at most one save in flight: the previous copy is free again
+        staged = self._staged = stage(state, self._staged) if self.background else state
         stall = time.perf_counter() - started
         if not self.background:
             result = self._write(staged, step, meta, started, stall)

@@ -18,11 +18,10 @@ from cluster.slurm_limits import preflight as slurm_preflight
 from cluster.sweep import Manifest, Member, SweepOptions, now
 from cluster.sweep_submit import submit_members
 from jobs.config import JobPlan
+from jobs.launchers import RUN_TASK
 from jobs.preflight import preflight
 
-# Imported where they run (a node, the local queue's member process): submitting needs no torch.
-RUN_TASK = ByName("jobs.task", "run_task")
-RUN_LOCAL = ByName("jobs.launchers", "run_local")
+RUN_LOCAL = ByName("jobs.launchers", "run_local")  # in the local queue's member process
 
 
 @dataclasses.dataclass

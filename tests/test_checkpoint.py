@@ -76,6 +76,16 @@ def test_staged_copy_shares_no_memory():
     assert torch.equal(copy["a"][0], torch.ones(2)) and copy["b"][1] == 3 and isinstance(copy["b"], tuple)
 
 
+def test_the_next_save_copies_into_the_last_saves_memory():
+    first = stage({"w": torch.ones(3), "steps": [torch.zeros(2)]})
+    live = {"w": torch.full((3,), 2.0), "steps": [torch.zeros(5)]}  # a tensor that changed shape gets new memory
+    second = stage(live, first)
+    assert second["w"].data_ptr() == first["w"].data_ptr() and torch.equal(second["w"], live["w"])
+    assert second["steps"][0].shape == (5,)
+    live["w"].add_(1)
+    assert torch.equal(second["w"], torch.full((3,), 2.0))
+
+
 def test_newest_complete_checkpoint_wins_and_partial_ones_are_ignored(group, tmp_path):
     save(tmp_path, 10)
     save(tmp_path, 20)
