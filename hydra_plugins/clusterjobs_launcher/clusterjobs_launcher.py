@@ -47,9 +47,8 @@ class ClusterjobsLauncher(Launcher):
         self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from jobs.sweep import (
-            launch_sweep,  # late: Hydra imports every plugin at start-up (torch)
-        )
+        # Late: Hydra imports every plugin at start-up, even for a single run.
+        from jobs.sweep import launch_sweep
         from jobs.train import exit_on_user_error
 
         assert self.config is not None and self.hydra_context is not None
@@ -152,15 +151,18 @@ class MemberComposer:
 
     @staticmethod
     def _is_plain_change(override: Override, config: DictConfig) -> bool:
-        """``key=value`` replacing a plain value (not a mapping or list): undone by setting the old one back."""
-        if override.is_delete() or override.is_add() or override.is_force_add():
+        """``key=value`` replacing a set, plain value (no mapping, list, interpolation or ``???``): undone by
+        setting the old value back."""
+        if override.is_delete() or override.is_add() or override.is_force_add() or isinstance(
+                override.value(), (dict, list)):
             return False
-        old = OmegaConf.select(config, override.key_or_group, throw_on_missing=False, default=_ABSENT)
-        return old is not _ABSENT and not isinstance(old, (DictConfig, ListConfig, dict, list)) and not isinstance(
-            override.value(), (dict, list))
+        parent_key, _, leaf = override.key_or_group.rpartition(".")
+        parent = OmegaConf.select(config, parent_key) if parent_key else config
+        if not isinstance(parent, DictConfig) or leaf not in parent:  # (``in`` is False for ``???``)
+            return False
+        return not OmegaConf.is_interpolation(parent, leaf) and not isinstance(parent[leaf], (DictConfig, ListConfig))
 
 
-_ABSENT = object()
 DEFAULT_SUBDIR = "${hydra.job.num}"  # Hydra's hydra.sweep.subdir
 
 
