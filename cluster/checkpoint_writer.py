@@ -69,7 +69,9 @@ class CheckpointWriter:
         # A daemon thread, not an executor: a rank that must exit (a dead peer) is not held by a stuck save.
         self._thread: threading.Thread | None = None
         self._outcome: list[SaveResult] = []
-        self._staged: Any = None  # the last background save's copy of the state, reused by the next
+        # The last background save's copy of the state, reused by the next: it stays allocated between
+        # saves (one state's worth of host memory), as the staging buffers of torch's async_save do.
+        self._staged: Any = None
         self.last: SaveResult | None = None
 
     def save(self, state: Mapping[str, Any], step: int, meta: Mapping[str, Any]) -> None:
