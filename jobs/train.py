@@ -49,9 +49,8 @@ def print_summary(summary: dict[str, Any]) -> None:
 @hydra.main(version_base=None, config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
-        from jobs.launchers import (
-            LAUNCHERS,  # torch, 2-4 s: not for a sweep (-m), which never gets here
-        )
+        # Late: it imports torch (2-4 s), which a sweep (-m) never needs; sweeps do not get here.
+        from jobs.launchers import LAUNCHERS
 
         plan = plan_from_config(cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir)

@@ -1,6 +1,6 @@
 """Training throughput of ``python -m jobs.train`` (DDP, 2 CPU ranks) against a plain PyTorch script, one run.
 
-The plain script is the seed article's example (``../shared/seeds/001_*``: mp.spawn, gloo,
+The plain side is the seed article's example (``../shared/seeds/001_*``: mp.spawn, gloo,
 DistributedSampler, DDP, SGD) on the same model (SimpleModel 784-128-10), data (the synthetic
 default), global batch (128: 64 per rank), optimizer (SGD, lr 0.05, momentum 0.9) and steps, with
 the same threads per rank. Each side times its training loop only (from its first step to its last,
@@ -34,20 +34,9 @@ sys.path.insert(0, str(REPO))
 
 from jobs.config import DataConfig  # noqa: E402  (the repository, run as a script)
 from jobs.data import build_dataset  # noqa: E402
+from jobs.models import SimpleModel  # noqa: E402  (the seed article's, 784-128-10)
 
 WORLD_SIZE, PER_RANK_BATCH = 2, 64
-
-
-class SimpleModel(nn.Module):
-    """The seed article's model, as it wrote it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(28 * 28, 128)
-        self.fc2 = nn.Linear(128, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(x.view(x.size(0), -1))))
 
 
 def plain_rank(rank: int, steps: int, port: int, result: str) -> None:
