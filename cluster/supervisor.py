@@ -76,7 +76,7 @@ class Supervisor:
     def should_stop(self, step: int) -> bool:
         """Whether all ranks agreed to stop at this step boundary (a warning reached some rank)."""
         self.step = step
-        return self.vote.poll()
+        return self.vote.poll(step)
 
     def resumed(self, step: int) -> None:
         """Set-up is over; training goes on from ``step``."""

@@ -134,7 +134,8 @@ def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Pa
             if log_now:
                 now = time.perf_counter()
                 record = {"step": trainee.step, "loss": trainee.loss, "lr": trainee.scheduler.get_last_lr()[0],
-                          "samples_per_s": interval_steps * cfg.global_batch_size / (now - interval_start)}
+                          "samples_per_s": interval_steps * cfg.global_batch_size / (now - interval_start),
+                          "time": round(time.time(), 3)}
                 interval_start, interval_steps = now, 0
                 if metrics is not None and progress is not None:
                     metrics.write(record)

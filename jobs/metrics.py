@@ -51,8 +51,8 @@ class MetricsLog:
         self.handle.flush()
         if self.tensorboard is not None:
             for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.tensorboard.add_scalar(f"train/{key}", value, record["step"])
+                if key not in ("step", "time") and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(f"train/{key}", value, record["step"], walltime=record.get("time"))
 
     def close(self) -> None:
         self.handle.close()

@@ -22,6 +22,7 @@ def test_main_job_learns_and_writes_its_summary(tmp_path):
     assert summary["steps"] == 400 and summary["world_size"] == 2 and summary["run_dir"] == str(tmp_path)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["step"] == 1 and records[0]["loss"] > 2.0  # log(10) = 2.30 at the start
+    assert all(a["time"] <= b["time"] for a, b in zip(records, records[1:]))
     assert summary["final_loss"] < 0.2 * records[0]["loss"]
     assert summary["param_digest"] in result.stdout and f"run dir: {tmp_path}" in result.stdout
     assert list((tmp_path / "tensorboard").iterdir()), "tensorboard is installed, so event files are expected"

@@ -1,0 +1,53 @@
+"""The stop vote: a warning that reaches one rank stops every rank at the same step, soon, without a
+collective at every step."""
+
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from cluster import stop_signal
+from cluster.stop_signal import StopFlag, StopVote
+
+STEP_S, INTERVAL_S, SIGNAL_AT, STEPS = 0.002, 0.05, 200, 1000
+
+
+def _vote(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    collectives = []
+    all_reduce = stop_signal.dist.all_reduce
+    stop_signal.dist.all_reduce = lambda *args, **kwargs: collectives.append(1) or all_reduce(*args, **kwargs)
+    flag = StopFlag(("USR2",)).install()
+    vote = StopVote(flag, torch.device("cpu"), interval_s=INTERVAL_S)
+    stopped = None
+    for step in range(1, STEPS + 1):
+        time.sleep(STEP_S)  # a training step
+        if rank == 1 and step == SIGNAL_AT:
+            os.kill(os.getpid(), signal.SIGUSR2)  # only rank 1 is warned
+        if vote.poll(step):
+            stopped = step
+            break
+    vote.close()
+    flag.uninstall()
+    Path(out, f"{rank}.json").write_text(json.dumps({"stopped": stopped, "collectives": len(collectives)}))
+    dist.destroy_process_group()
+
+
+def test_a_warning_to_one_rank_stops_all_at_the_same_step_with_few_collectives(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_vote, args=(port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0]["stopped"] == ranks[1]["stopped"] is not None, ranks
+    # Votes come about every INTERVAL_S; a step takes at least STEP_S, so the warning is acted on
+    # within two gaps of at most INTERVAL_S / STEP_S steps.
+    assert SIGNAL_AT < ranks[0]["stopped"] <= SIGNAL_AT + 2 * INTERVAL_S / STEP_S + 1
+    assert ranks[0]["collectives"] <= ranks[0]["stopped"] / 5, "a vote at (nearly) every step"
