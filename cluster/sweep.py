@@ -101,7 +101,9 @@ class Manifest:
         return pickle.loads(self.submissions_path.read_bytes())
 
     def write(self) -> None:
-        _write_atomically(self.path, json.dumps(dataclasses.asdict(self), indent=1).encode())
+        # vars(), not dataclasses.asdict, whose deep copy of every field took 0.2 s for 1000 members
+        data = {**vars(self), "members": [vars(member) for member in self.members]}
+        _write_atomically(self.path, json.dumps(data, indent=1).encode())
 
     @classmethod
     def read(cls, sweep_dir: Path) -> "Manifest":

@@ -254,6 +254,11 @@ def plan_from_config(cfg: DictConfig) -> JobPlan:
     """Turn a composed Hydra config into a validated plan; unknown or missing keys are errors."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(tree, dict)
+    return plan_from_tree(tree)
+
+
+def plan_from_tree(tree: dict[str, Any]) -> JobPlan:
+    """``plan_from_config`` of a config already made plain (``OmegaConf.to_container(cfg, resolve=True)``)."""
     parts: dict[str, Any] = {}
     for group, cls in _GROUPS.items():
         values = tree.get(group)

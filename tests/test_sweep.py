@@ -2,12 +2,14 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from cluster.cli import main
 from cluster.sweep import Manifest, Member, array_chunks, find_manifest
 from cluster.sweep_status import expand_array_ids, from_run_dir, parse_states
+from tests.conftest import REPO
 
 
 def test_arrays_are_cut_below_max_array_size():
@@ -91,3 +93,48 @@ def test_a_wrong_path_says_what_was_expected(argv, message, capsys):
 def test_an_unknown_member_is_refused(sweep, capsys):
     assert main(["logs", sweep.sweep_dir, "7"]) == 2
     assert "no member 7" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def composer_and_hydra(tmp_path_factory):
+    """The launcher's composer, and what Hydra's own launchers compose for a member (load_sweep_config)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.clusterjobs_launcher.clusterjobs_launcher import MemberComposer
+
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(REPO / "conf")))
+    config = loader.load_configuration("train", overrides=[f"hydra.sweep.dir={tmp_path_factory.mktemp('sweep')}"],
+                                       run_mode=RunMode.MULTIRUN)
+
+    def hydras(overrides: list[str]) -> dict:
+        composed = loader.load_sweep_config(config, overrides)
+        return OmegaConf.to_container(OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"]),
+                                      resolve=True)
+
+    return MemberComposer(config, SimpleNamespace(config_loader=loader)), hydras
+
+
+@pytest.mark.parametrize("overrides", [
+    ["train.seed=3"], ["train.seed=4"], ["train.seed=-12"], ["optim.lr=1e-3"], ["optim.lr=.5"], ["optim.lr=5."],
+    ["train.seed='12'"], ["train.seed=007"], ["train.seed=1_000"], ["optim.lr=inf"], ["data=mnist", "data.download=true"],
+    ["model=cnn", "optim.lr=0.1"], ["model=cnn", "optim.lr=0.2", "train.seed=5"],
+    ["cluster=slurm", "cluster.partition=high", "cluster.timeout_min=7"],
+    ["+train.note=hello"], ["~optim.weight_decay"], ["train.seed=5", "+train.same_seed=${train.seed}"],
+    ["optim=adamw", "optim.betas=[0.8,0.9]", "optim.lr=3e-4"], ["optim=adamw", "optim.betas=[0.8,0.9]"], ["model.hidden=null"],
+])
+def test_a_members_config_is_what_hydras_own_launchers_compose(composer_and_hydra, overrides):
+    composer, hydras = composer_and_hydra
+    composer.member(0, ["train.seed=0", "optim.lr=0.1"])  # numbers of these keys are read without the parser
+    tree, run_dir = composer.member(7, overrides)
+    assert tree == hydras(overrides) and run_dir.name == "7"
+    assert all(type(a) is type(b) for a, b in zip(_leaves(tree), _leaves(hydras(overrides))))
+    assert composer.composed[()].plain is not None, "the default groups hold no interpolation: the plain path"
+
+
+def _leaves(tree):
+    if isinstance(tree, dict):
+        return [leaf for key in sorted(tree) for leaf in _leaves(tree[key])]
+    return [leaf for item in tree for leaf in _leaves(item)] if isinstance(tree, list) else [tree]

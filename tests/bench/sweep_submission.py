@@ -9,10 +9,11 @@ For each sweep size N (members ``train.seed=range(0,N)``, one step of the defaul
   (it waits for every member). ``--hydra-wait-max N`` lets it finish only sweeps up to N members; larger
   ones are cancelled once submitted, and their time to return is not measured.
 
-Needs the local cluster (``slurm/local-cluster up``) and, for the comparison, a Python with
+Every run starts on an empty queue (the bench waits for the cancelled tasks to leave it). Needs the
+local cluster (``slurm/local-cluster up``), nothing else queued, and, for the comparison, a Python with
 ``hydra-submitit-launcher`` installed (``--hydra-python``; pip install hydra-submitit-launcher).
 
-    python tests/bench/sweep_submission.py --sizes 12 300 --hydra-python /tmp/hsl-venv/bin/python
+    python tests/bench/sweep_submission.py --sizes 12 200 1000 --hydra-python /tmp/hsl-venv/bin/python
 """
 
 import argparse
@@ -42,7 +43,19 @@ def ours(size: int, folder: Path) -> float:
                    capture_output=True)
     seconds = time.monotonic() - began
     subprocess.run([sys.executable, "-m", "cluster", "cancel", str(folder)], cwd=REPO, capture_output=True)
+    wait_until_idle()
     return seconds
+
+
+def wait_until_idle(timeout_s: float = 300) -> None:
+    """Until slurmctld has cleared what was cancelled: a sweep submitted while it still ends 1000 tasks
+    waits for it (sbatch took up to 3x longer), which says nothing of the launcher."""
+    deadline = time.monotonic() + timeout_s
+    while subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.strip():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the cluster's queue did not empty; cancel what is left (scancel -u $USER)")
+        time.sleep(0.5)
+    time.sleep(2)  # the controller's clean-up after the last job left the queue
 
 
 def queued(name: str) -> bool:
@@ -68,9 +81,12 @@ def hydras(python: str, size: int, folder: Path, *, wait: bool) -> tuple[float, 
         subprocess.run(["scancel", "-n", name])
         process.kill()
         process.wait()
+        wait_until_idle()
         return submitted, None
     process.wait()
-    return submitted, time.monotonic() - began
+    returned = time.monotonic() - began
+    wait_until_idle()
+    return submitted, returned
 
 
 def main() -> None:
