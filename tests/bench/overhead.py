@@ -9,13 +9,14 @@ async checkpoint every 100) and without periodic checkpoints.
 This machine's speed drifts by 20-30 % from one run to the next (other tenants), far more than the
 1 % to be shown, so the three sides of a round run at the same time and take turns on the CPUs:
 each runs alone for a slice (``--slice-s``) while the others are stopped (SIGSTOP to their
-sessions), round after round, until all have finished. Each side notes the time of step 1 and of
-every 20th step on rank 0 (ours: ``metrics.jsonl``), and only the time it ran counts. Two rates per
-side: the whole loop (step 1 to the last step) and the steady rate over the median 100-step window
-(each holds the same work: five metrics records and, for ours' defaults, one checkpoint), which also
-leaves out the bursts when another tenant takes the CPUs. The final checkpoint falls after the last
-step on both of ours (``checkpoint_io.py`` measures saves); start-up is ``startup.py``'s. Ratios are
-ours / plain in the same round, median and spread over the rounds.
+sessions), turn after turn until all have finished; who goes first changes from round to round.
+Each side notes the time of step 1 and of every 20th step on rank 0 (ours: ``metrics.jsonl``), and
+only the time it ran counts. Two rates per side: the whole loop (step 1 to the last step) and the
+steady rate over the median 100-step window (each holds the same work: five metrics records and,
+for ours' defaults, one checkpoint), which also leaves out the bursts when another tenant takes the
+CPUs. The final checkpoint falls after the last step on both of ours (``checkpoint_io.py`` measures
+saves); start-up is ``startup.py``'s. Ratios are ours / plain in the same round, median and spread
+over the rounds.
 
     python tests/bench/overhead.py --steps 2000 --rounds 5
 """
@@ -132,8 +133,9 @@ def rates(notes: Notes, spans: list[tuple[float, float]]) -> tuple[float, float]
     return whole, steady
 
 
-def one_round(steps: int, folder: Path, sides: dict[str, tuple[str, ...]],
-              slice_s: float) -> dict[str, tuple[float, float]]:
+def one_round(steps: int, folder: Path, sides: dict[str, tuple[str, ...]], slice_s: float,
+              first: int) -> dict[str, tuple[float, float]]:
+    """Each side's (whole, steady) rate; side number ``first`` takes the first turn, the others follow."""
     folder.mkdir(parents=True)
     commands = {name: [sys.executable, "-m", "jobs.train", f"train.steps={steps}", "cluster.tasks_per_node=2",
                        f"train.log_every_steps={NOTE_EVERY}",
@@ -142,7 +144,9 @@ def one_round(steps: int, folder: Path, sides: dict[str, tuple[str, ...]],
     commands["plain"] = [sys.executable, __file__, "--plain", str(steps), str(folder / "plain.json")]
     processes = [subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE) for command in commands.values()]
-    spans = take_turns(processes, slice_s)
+    order = [(first + i) % len(processes) for i in range(len(processes))]
+    turns = take_turns([processes[i] for i in order], slice_s)
+    spans = [turns[order.index(i)] for i in range(len(processes))]
     for command, process in zip(commands.values(), processes):
         if process.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{process.stderr.read().decode()[-2000:]}")
@@ -168,7 +172,8 @@ def main() -> None:
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in [*sides, "plain"]}  # (whole, steady)
     with tempfile.TemporaryDirectory(prefix="overhead-bench-") as tmp:
         for round_ in range(args.rounds):
-            for name, figures in one_round(args.steps, Path(tmp) / str(round_), sides, args.slice_s).items():
+            for name, figures in one_round(args.steps, Path(tmp) / str(round_), sides, args.slice_s,
+                                             first=round_).items():
                 runs[name].append(figures)
             print(f"round {round_ + 1} (whole / steady samples/s): "
                   + ", ".join(f"{n} {r[-1][0]:,.0f} / {r[-1][1]:,.0f}" for n, r in runs.items()), flush=True)
