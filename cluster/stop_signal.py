@@ -53,7 +53,7 @@ class StopVote:
     """Every rank's flag, reduced without blocking at agreed step boundaries; the same answer on every rank.
 
     A vote at every step costs a fifth of a small model's step on CPU (one gloo collective, ~1 ms,
-    against a 4-5 ms step; ``tests/bench/overhead.py``), so the ranks vote about every ``interval_s``
+    against a 4-5 ms step; ``tests/bench/step_costs.py``), so the ranks vote about every ``interval_s``
     seconds instead: each vote also carries the gap, in steps, to the next one, the smallest any rank
     asks for from its own step time, so every rank votes at the same steps. A warning is acted on at
     most two intervals (and a step) after it came, far inside the lead time before the end.
