@@ -4,24 +4,20 @@ collective at every step."""
 import json
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from cluster import stop_signal
 from cluster.stop_signal import StopFlag, StopVote
+from tests.gloo_ranks import spawn_gloo_ranks
 
 # A busy machine stretches a 2 ms step to ~10 ms: still ~10 steps between votes, twice the margin asked below.
 STEP_S, INTERVAL_S, SIGNAL_AT, STEPS = 0.002, 0.1, 200, 1000
 
 
-def _vote(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def _vote(rank: int, out: str) -> None:
     collectives = []
     all_reduce = stop_signal.dist.all_reduce
     stop_signal.dist.all_reduce = lambda *args, **kwargs: collectives.append(1) or all_reduce(*args, **kwargs)
@@ -38,14 +34,10 @@ def _vote(rank: int, port: int, out: str) -> None:
     vote.close()
     flag.uninstall()
     Path(out, f"{rank}.json").write_text(json.dumps({"stopped": stopped, "collectives": len(collectives)}))
-    dist.destroy_process_group()
 
 
 def test_a_warning_to_one_rank_stops_all_at_the_same_step_with_few_collectives(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(_vote, args=(port, str(tmp_path)), nprocs=2, join=True)
+    spawn_gloo_ranks(_vote, str(tmp_path), world_size=2)
     ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
     assert ranks[0]["stopped"] == ranks[1]["stopped"] is not None, ranks
     # Votes come about every INTERVAL_S; a step takes at least STEP_S, so the warning is acted on

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,8 +33,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn, optim
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -45,16 +42,16 @@ sys.path.insert(0, str(REPO))
 from jobs.config import DataConfig  # noqa: E402  (the repository, run as a script)
 from jobs.data import build_dataset  # noqa: E402
 from jobs.models import SimpleModel  # noqa: E402  (the seed article's, 784-128-10)
+from tests.gloo_ranks import spawn_gloo_ranks  # noqa: E402  (the article's setup and cleanup, around mp.spawn)
 
 WORLD_SIZE, PER_RANK_BATCH = 2, 64
 NOTE_EVERY, WINDOW = 20, 100  # ours' default metrics interval; a window holds whole intervals
 Notes = list[tuple[int, float]]  # (step, time.time() after it): step 1 and every NOTE_EVERY-th
 
 
-def plain_rank(rank: int, steps: int, port: int, result: str) -> None:
-    """The seed article's ``train(rank, world_size)``, counting steps instead of epochs."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+def plain_rank(rank: int, steps: int, result: str) -> None:
+    """The seed article's ``train(rank, world_size)`` (its group set up by ``spawn_gloo_ranks``, as the article's
+    ``setup``), counting steps instead of epochs."""
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // WORLD_SIZE))  # as ours does
     torch.manual_seed(0)
     dataset = build_dataset(DataConfig(name="synthetic")).dataset
@@ -78,14 +75,6 @@ def plain_rank(rank: int, steps: int, port: int, result: str) -> None:
         epoch += 1
     if rank == 0:
         Path(result).write_text(json.dumps(notes))
-    dist.destroy_process_group()
-
-
-def plain(steps: int, result: str) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(plain_rank, args=(steps, port, result), nprocs=WORLD_SIZE, join=True)
 
 
 def ours_notes(run_dir: Path) -> Notes:
@@ -163,7 +152,7 @@ def main() -> None:
     parser.add_argument("--plain", nargs=2, metavar=("STEPS", "RESULT"), help=argparse.SUPPRESS)  # one plain run
     args = parser.parse_args()
     if args.plain:
-        plain(int(args.plain[0]), args.plain[1])
+        spawn_gloo_ranks(plain_rank, int(args.plain[0]), args.plain[1], world_size=WORLD_SIZE)
         return
     sides = {
         "ours, defaults": ("train.checkpoint_every_steps=100",),

@@ -16,10 +16,10 @@ and the measured bubble 1 - m x stage time / step time next to (p - 1) / (m + p 
 """
 
 import argparse
-import os
-import socket
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -38,6 +38,9 @@ from jobs.pipeline import (
     split_stages,
     stage_boundaries,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's tests/, run as a script
+from tests.gloo_ranks import spawn_gloo_ranks  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -70,10 +73,8 @@ def stage_time(local: nn.Module, boundary_in: torch.Tensor, boundary_out: torch.
     return statistics.median(times[3:])
 
 
-def measure(rank: int, args: argparse.Namespace, port: int, results: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def measure(rank: int, args: argparse.Namespace, results: dict) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=args.stages)
     model_cfg = ModelConfig(name="transformer", dim=args.dim, depth=args.depth, heads=4)
     sample_shape = (1, args.tokens, args.tokens)
     pp_group = dist.new_group(list(range(args.stages)))
@@ -106,16 +107,12 @@ def measure(rank: int, args: argparse.Namespace, port: int, results: dict) -> No
             local.zero_grad(set_to_none=True)
         if rank == 0:
             results[m] = (max(slowest), steps[3:])
-    dist.destroy_process_group()
 
 
 def main() -> None:
     args = parse_args()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     results = mp.Manager().dict()
-    mp.spawn(measure, args=(args, port, results), nprocs=args.stages)
+    spawn_gloo_ranks(measure, args, results, world_size=args.stages)
     p = args.stages
     print(f"pipeline bubble: p={p} stages, schedule {args.schedule}, global batch {args.batch}, transformer "
           f"dim {args.dim} depth {args.depth} tokens {args.tokens}, gloo/CPU 1 thread per rank, "

@@ -14,7 +14,6 @@ is free.
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import time
@@ -23,7 +22,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn, optim
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,6 +32,7 @@ from jobs.config import OptimConfig  # noqa: E402
 from jobs.loop import global_mean  # noqa: E402
 from jobs.models import SimpleModel  # noqa: E402
 from jobs.optim import build_scheduler  # noqa: E402
+from tests.gloo_ranks import spawn_gloo_ranks  # noqa: E402
 
 WORLD_SIZE, PER_RANK_BATCH, LOG_EVERY = 2, 64, 20
 
@@ -64,15 +63,13 @@ def additions(optimizer: optim.Optimizer, total_steps: int) -> dict[str, Callabl
     }
 
 
-def rank_main(rank: int, port: int, cycles: int, block: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+def rank_main(rank: int, cycles: int, block: int) -> None:
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // WORLD_SIZE))
     torch.manual_seed(0)
     model = nn.parallel.DistributedDataParallel(SimpleModel())
     optimizer = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     batches = [(torch.randn(PER_RANK_BATCH, 1, 28, 28), torch.randint(0, 10, (PER_RANK_BATCH,))) for _ in range(8)]
-    extras = additions(optimizer, total_steps=10 * cycles * block * 7)
+    extras = additions(optimizer, total_steps=(cycles + 1) * block * 6)  # every step of every block
     times: dict[str, list[float]] = {name: [] for name in extras}
     step = 0
     for cycle in range(cycles + 1):  # the first cycle warms up
@@ -91,7 +88,6 @@ def rank_main(rank: int, port: int, cycles: int, block: int) -> None:
                 times[name].append(time.perf_counter() - began)
     if rank == 0:
         report(times, block)
-    dist.destroy_process_group()
 
 
 def report(times: dict[str, list[float]], block: int) -> None:
@@ -111,10 +107,7 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=60, help="cycles through every kind of block")
     parser.add_argument("--block", type=int, default=100, help="steps per block")
     args = parser.parse_args()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(rank_main, args=(port, args.cycles, args.block), nprocs=WORLD_SIZE, join=True)
+    spawn_gloo_ranks(rank_main, args.cycles, args.block, world_size=WORLD_SIZE)
 
 
 if __name__ == "__main__":
