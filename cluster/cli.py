@@ -9,15 +9,16 @@ import collections
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from cluster.local_queue import cancel_members, member_log, start_queue
-from cluster.sweep import Manifest, Member, NotASweepError, find_manifest
-from cluster.sweep_status import ACTIVE, ENDED_BADLY, MemberStatus, sweep_status
-from cluster.sweep_submit import submit_members
+from cluster.rundir import RunDir
+from cluster.slurm import commands
+from cluster.sweep.arrays import submit_members
+from cluster.sweep.local_queue import cancel_members, member_log, start_queue
+from cluster.sweep.manifest import Manifest, Member, NotASweepError, find_manifest
+from cluster.sweep.status import ACTIVE, ENDED_BADLY, MemberStatus, sweep_status, varying_overrides
 
 ALL_DONE, SOME_FAILED, USAGE, STILL_RUNNING = 0, 1, 2, 3
 
@@ -27,12 +28,6 @@ def exit_code(statuses: list[MemberStatus]) -> int:
     if states & ACTIVE:
         return STILL_RUNNING
     return ALL_DONE if states == {"COMPLETED"} else SOME_FAILED
-
-
-def varying_overrides(members: list[Member]) -> dict[int, str]:
-    """Each member's overrides without those every member shares (the sweep's fixed part)."""
-    shared = set.intersection(*(set(m.overrides) for m in members)) if len(members) > 1 else set()
-    return {m.index: " ".join(o for o in m.overrides if o not in shared) for m in members}
 
 
 def status(args: argparse.Namespace) -> int:
@@ -77,12 +72,13 @@ def _members(manifest: Manifest, indices: list[int]) -> list[Member]:
 def member_logs(manifest: Manifest, member: Member, rank: int) -> list[Path]:
     """Where a member's rank writes: submitit's files in the sweep's logs/ on Slurm. A local member's ranks
     write under its run directory (its newest attempt), after what the member's own process printed."""
-    if manifest.launcher != "local":
+    if manifest.kind != "local":
         return [manifest.log_dir / f"{member.slurm_id}_{rank}_log.{kind}" for kind in ("out", "err")]
     own = [member_log(Path(manifest.sweep_dir), member.index)] if rank == 0 else []
-    newest = sorted(Path(member.run_dir, "logs").glob(f"*_{rank}_log.out"), key=lambda log: log.stat().st_mtime)
+    logs = RunDir(Path(member.run_dir)).logs
+    newest = sorted(logs.glob(f"*_{rank}_log.out"), key=lambda log: log.stat().st_mtime)
     name = newest[-1].name.removesuffix(".out") if newest else f"JOB_{rank}_log"
-    return own + [Path(member.run_dir, "logs", f"{name}.{kind}") for kind in ("out", "err")]
+    return own + [logs / f"{name}.{kind}" for kind in ("out", "err")]
 
 
 def logs(args: argparse.Namespace) -> int:
@@ -104,19 +100,19 @@ def logs(args: argparse.Namespace) -> int:
 def cancel(args: argparse.Namespace) -> int:
     manifest = find_manifest(args.path)
     members = _members(manifest, args.members)
-    if manifest.launcher == "local":
+    if manifest.kind == "local":
         cancelled = cancel_members(manifest, members)
         print(f"cancelled member(s) {', '.join(map(str, cancelled)) or 'none (every one had ended)'}")
         return 0
     ids = sorted({m.slurm_id for m in members}) if args.members else sorted({m.job_id for m in members})
-    subprocess.run(["scancel", *ids], check=True)
+    commands.cancel(ids)
     print(f"cancelled {' '.join(ids)}")
     return 0
 
 
 def retry(args: argparse.Namespace) -> int:
     manifest = find_manifest(args.path)
-    if manifest.launcher == "run":
+    if manifest.kind == "run":
         raise NotASweepError(f"{manifest.sweep_dir} is a single run: run the same command again, it resumes "
                              "from its last checkpoint")
     statuses, _ = sweep_status(manifest)
@@ -125,7 +121,7 @@ def retry(args: argparse.Namespace) -> int:
     if not again:
         print(f"nothing to retry: no member is {' or '.join(sorted(wanted))}")
         return exit_code(statuses)
-    if manifest.launcher == "local":
+    if manifest.kind == "local":
         where = f"to a new local queue (pid {start_queue(manifest, again, parallelism=args.parallelism)})"
     else:
         arrays = submit_members(manifest, [(member, manifest.load_submission(member)) for member in again],
@@ -137,7 +133,7 @@ def retry(args: argparse.Namespace) -> int:
 
 
 def collect(args: argparse.Namespace) -> int:
-    from cluster.sweep_report import write_report  # matplotlib: only for this command
+    from cluster.sweep.report import write_report  # matplotlib: only for this command
 
     manifest = find_manifest(args.path)
     report = write_report(manifest, metric=args.metric, mode=args.mode)
@@ -148,7 +144,7 @@ def collect(args: argparse.Namespace) -> int:
 def wait_for_sweep(sweep_dir: Path) -> int:
     """Follow a sweep until no member is queued; prints each change of the counts. The status exit code."""
     manifest = find_manifest(sweep_dir)
-    poll_s = 1.0 if manifest.launcher == "local" else 10.0  # Slurm's tools are not to be asked every second
+    poll_s = 1.0 if manifest.kind == "local" else 10.0  # Slurm's tools are not to be asked every second
     last = None
     while True:
         statuses, _ = sweep_status(manifest)

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Callable
 
-from cluster.hostlist import expand_hostlist
+from cluster.slurm.hostlist import expand_hostlist
 
 # Ports derived from a job id land here: unprivileged, and below Linux's ephemeral range
 # (32768-60999), so a derived port does not collide with an outgoing connection's.
@@ -23,7 +23,7 @@ PORT_RANGE = (20000, 32768)
 class TaskEnvironment:
     """This process's place in its job."""
 
-    launcher: str  # which source described it: "slurm", "torchrun", "local" or "single"
+    started_by: str  # which source described it: "slurm", "torchrun", "local" or "single"
     rank: int  # global rank, 0 .. world_size - 1
     local_rank: int  # rank among the tasks on this node
     world_size: int  # number of tasks in the job
@@ -66,12 +66,12 @@ class _Source:
     declines_if: tuple[str, ...] = ()  # variables that hand the process to a later source
 
 
-def _scheduled(v: dict[str, str], environ: Mapping[str, str], *, launcher: str, first_host: str,
+def _scheduled(v: dict[str, str], environ: Mapping[str, str], *, started_by: str, first_host: str,
                restarts_variable: str = "") -> TaskEnvironment:
     """A task of a scheduler that gives ranks but no rendezvous: rank 0's host and a port from the job id."""
     job_id = v["job_id"]
     return TaskEnvironment(
-        launcher=launcher,
+        started_by=started_by,
         rank=int(v["rank"]),
         local_rank=int(v["local_rank"]),
         world_size=int(v["world_size"]),
@@ -85,17 +85,17 @@ def _scheduled(v: dict[str, str], environ: Mapping[str, str], *, launcher: str, 
 
 
 def _slurm(v: dict[str, str], environ: Mapping[str, str]) -> TaskEnvironment:
-    return _scheduled(v, environ, launcher="slurm", first_host=expand_hostlist(v["nodelist"])[0],
+    return _scheduled(v, environ, started_by="slurm", first_host=expand_hostlist(v["nodelist"])[0],
                       restarts_variable="SLURM_RESTART_COUNT")
 
 
 def _submitit_local(v: dict[str, str], environ: Mapping[str, str]) -> TaskEnvironment:
-    return _scheduled(v, environ, launcher="local", first_host="127.0.0.1")
+    return _scheduled(v, environ, started_by="local", first_host="127.0.0.1")
 
 
 def _torchrun(v: dict[str, str], environ: Mapping[str, str]) -> TaskEnvironment:
     return TaskEnvironment(
-        launcher="torchrun",
+        started_by="torchrun",
         rank=int(v["rank"]),
         local_rank=int(v["local_rank"]),
         world_size=int(v["world_size"]),
@@ -159,7 +159,7 @@ SOURCES: tuple[_Source, ...] = (
 )
 
 SINGLE_PROCESS = TaskEnvironment(
-    launcher="single", rank=0, local_rank=0, world_size=1, node_rank=0, num_nodes=1,
+    started_by="single", rank=0, local_rank=0, world_size=1, node_rank=0, num_nodes=1,
     master_addr="127.0.0.1", master_port=0, job_id="", restart_count=0,
 )
 

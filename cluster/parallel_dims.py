@@ -3,10 +3,13 @@
 Ranks are laid out pp-fastest: the pp ranks of one replica are consecutive, so with ``pp`` equal to
 the tasks per node a pipeline stays inside a node and its replicas span nodes, as the seed articles
 recommend (model parallel inside a machine, data parallel across machines). Like torchtitan's
-``parallel_dims.py``, one error names every factor that does not fit.
+``parallel_dims.py``, one error names every factor that does not fit (as ``{k.NAME}`` settings,
+``cluster.errors``: ``pp``, ``microbatches``, ``stages_per_rank``, ``global_batch_size``, ``model``, ``depth``).
 """
 
 import dataclasses
+
+from cluster.errors import SettingError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,30 +27,29 @@ class ParallelDims:
     def __post_init__(self) -> None:
         problems = []
         if min(self.world_size, self.dp, self.pp, self.microbatches, self.stages_per_rank) < 1:
-            problems.append("world size, dp, pp, microbatches and stages_per_rank must be positive")
+            problems.append("world size, dp, {k.pp}, {k.microbatches} and {k.stages_per_rank} must be positive")
         elif self.dp * self.pp != self.world_size:
             problems.append(f"dp x pp = {self.dp} x {self.pp} = {self.dp * self.pp}, but the job has "
-                            f"{self.world_size} ranks (nodes x tasks_per_node); choose a strategy.pp "
-                            f"that divides {self.world_size}")
+                            f"{self.world_size} ranks; choose a {{k.pp}} that divides {self.world_size}")
         if self.pp > 1 or self.stages_per_rank > 1:
             if self.layers is None:
-                problems.append("the model cannot be cut into pipeline stages; use model=transformer or model=cnn")
+                problems.append("the model cannot be cut into pipeline stages; give one that can ({k.model})")
             elif self.layers < self.stages:
                 problems.append(f"the model has {self.layers} layers, fewer than pp x stages_per_rank = "
-                                f"{self.pp} x {self.stages_per_rank} = {self.stages} stages; lower strategy.pp "
-                                "or strategy.stages_per_rank, or deepen the model (model.depth)")
+                                f"{self.pp} x {self.stages_per_rank} = {self.stages} stages; lower {{k.pp}} "
+                                "or {k.stages_per_rank}, or deepen the model ({k.depth})")
             if self.microbatches < self.stages:
-                problems.append(f"strategy.microbatches={self.microbatches} is fewer than the {self.stages} stages, "
+                problems.append(f"{{k.microbatches}}={self.microbatches} is fewer than the {self.stages} stages, "
                                 f"so stages would sit idle; use at least {self.stages}")
         if self.global_batch_size and self.dp >= 1 and self.microbatches >= 1:
             unit = self.dp * self.microbatches
             if self.global_batch_size % unit:
                 parts = (f"the {self.dp} data-parallel replicas" if self.microbatches == 1 else
                          f"dp x microbatches = {self.dp} x {self.microbatches} = {unit}")
-                problems.append(f"train.global_batch_size={self.global_batch_size} is not divisible by {parts}; "
+                problems.append(f"{{k.global_batch_size}}={self.global_batch_size} is not divisible by {parts}; "
                                 f"use a multiple of {unit}")
         if problems:
-            raise ValueError("the parallel plan does not fit: " + "; ".join(problems))
+            raise SettingError("the parallel plan does not fit: " + "; ".join(problems))
 
     @property
     def stages(self) -> int:

@@ -9,12 +9,12 @@ a run that will come back, and the submitting side keeps waiting for the final o
 
 import dataclasses
 import datetime
-import os
-import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cluster.environment import TaskEnvironment
+from cluster.errors import SettingError
+from cluster.slurm import commands
 
 # submitit's local controller starts a job's tasks again when one exits with this code
 # (submitit/local/local.py, LOCAL_REQUEUE_RETURN_CODE); Slurm jobs use it too, for one meaning.
@@ -22,7 +22,6 @@ EXIT_REQUEUE = 144
 # Slurm checks signal times on a coarse timer: a warning asked for N s before the end came here
 # between N + 4 s and N - 18 s before it. A warning this close to the end is the time limit's.
 SIGNAL_SLACK_S = 90
-SCONTROL_TIMEOUT_S = 20
 
 # cause of a stop or a restart -> the budget it spends
 BUDGET_OF = {"preemption": "preemption", "signal": "preemption", "time-limit": "time_limit",
@@ -40,7 +39,7 @@ class RequeueBudget:
     def __post_init__(self) -> None:
         for name in ("preemption", "time_limit", "failure"):
             if getattr(self, name) < -1:
-                raise ValueError(f"requeue.{name}={getattr(self, name)} must be a count >= 0, or -1 for no limit")
+                raise SettingError(f"{{k.{name}}}={getattr(self, name)} must be a count >= 0, or -1 for no limit")
 
 
 class JobEnd(SystemExit):
@@ -55,46 +54,15 @@ def spent(events: Sequence[Mapping[str, Any]], budget: str) -> int:
 
 
 def budget_left(budget: RequeueBudget, events: Sequence[Mapping[str, Any]], cause: str) -> tuple[bool, str]:
-    """Whether one more requeue for ``cause`` is allowed, and a phrase saying how many were used."""
+    """Whether one more requeue for ``cause`` is allowed, and a phrase saying how many were used (a message
+    template: the budget's setting is ``{k.NAME}``, ``cluster.errors``)."""
     name = BUDGET_OF[cause]
     limit, used = getattr(budget, name), spent(events, name)
     if limit < 0:
         return True, f"{name} requeue {used + 1} (no limit)"
     if used < limit:
         return True, f"{name} requeue {used + 1} of {limit}"
-    return False, f"{name} budget of {limit} requeue(s) spent (requeue.{name}={limit})"
-
-
-def is_peer_failure(error: BaseException) -> bool:
-    """An error that says another rank is gone (a crash elsewhere), rather than a fault of this rank."""
-    import torch.distributed as dist  # loaded wherever a rank fails; jobs.config (the budget) stays torch-free
-
-    if isinstance(error, getattr(dist, "DistError", ())):
-        return True
-    text = str(error)
-    return isinstance(error, RuntimeError) and any(
-        part in text for part in ("gloo", "Connection reset by peer", "Connection closed by peer", "Timed out"))
-
-
-def requeue_id(environ: Mapping[str, str] | None = None) -> str:
-    """The id ``scontrol requeue`` takes: ``<array job>_<task>`` for an array task."""
-    environ = os.environ if environ is None else environ
-    if environ.get("SLURM_ARRAY_JOB_ID") and environ.get("SLURM_ARRAY_TASK_ID"):
-        return f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
-    return environ.get("SLURM_JOB_ID", "")
-
-
-def _scontrol(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=SCONTROL_TIMEOUT_S)
-
-
-def slurm_job_fields(job_id: str) -> dict[str, str]:
-    """``scontrol show job``'s Key=Value fields for one job (empty when Slurm does not answer)."""
-    try:
-        out = _scontrol("show", "job", "--oneliner", job_id).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    return dict(token.split("=", 1) for token in out.split() if "=" in token)
+    return False, f"{name} budget of {limit} requeue(s) spent ({{k.{name}}}={limit})"
 
 
 def signal_cause(env: TaskEnvironment, *, lead_s: float, fields: Mapping[str, str] | None = None,
@@ -105,11 +73,11 @@ def signal_cause(env: TaskEnvironment, *, lead_s: float, fields: Mapping[str, st
     ``started_s`` and ``local_timeout_s`` (seconds since the task started, and the local executor's
     limit) stand in for Slurm's clock under the local executor.
     """
-    if env.launcher != "slurm":
+    if env.started_by != "slurm":
         if local_timeout_s and local_timeout_s - started_s <= lead_s + 5:
             return "time-limit"
         return "signal"
-    fields = slurm_job_fields(requeue_id()) if fields is None else fields
+    fields = commands.job_fields(commands.own_job_id()) if fields is None else fields
     if not fields:
         return "signal"
     if fields.get("JobState") != "RUNNING":  # scancel or scontrol requeue: the job is completing already
@@ -124,36 +92,29 @@ def signal_cause(env: TaskEnvironment, *, lead_s: float, fields: Mapping[str, st
     return "time-limit" if left <= lead_s + SIGNAL_SLACK_S else "signal"
 
 
-# Launchers that start a job again when asked: Slurm (scontrol requeue), submitit's local controller (exit code).
-REQUEUEING_LAUNCHERS = ("slurm", "local")
+# What starts a job again when asked: Slurm (scontrol requeue), submitit's local controller (exit code).
+REQUEUEABLE = ("slurm", "local")
 
 
 def request_requeue(env: TaskEnvironment) -> str:
-    """Ask the launcher to start this job again; "" on success, else why it did not work.
+    """Ask what started this job to start it again; "" on success, else why it did not work.
 
     Under the local executor the exit code (``EXIT_REQUEUE``) is the request.
     """
-    if env.launcher != "slurm":
+    if env.started_by != "slurm":
         return ""
-    try:
-        result = _scontrol("requeue", requeue_id())
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"scontrol requeue failed: {error}"
-    return "" if result.returncode == 0 else f"scontrol requeue: {result.stderr.strip() or result.returncode}"
+    return commands.requeue(commands.own_job_id())
 
 
 def note_on_job(env: TaskEnvironment, text: str) -> None:
     """Put ``text`` into the Slurm job's comment (``squeue -o %k``, ``sacct -o Comment``)."""
-    if env.launcher == "slurm":
-        try:
-            _scontrol("update", f"JobId={requeue_id()}", f"Comment=clusterjobs: {text}")
-        except (OSError, subprocess.TimeoutExpired):
-            pass  # the events log has it too
+    if env.started_by == "slurm":
+        commands.set_comment(commands.own_job_id(), f"clusterjobs: {text}")  # the events log has it too
 
 
 def restart_number(env: TaskEnvironment, events: Sequence[Mapping[str, Any]]) -> int:
     """Which run of this job this is: Slurm counts its requeues; submitit's local controller does not."""
-    if env.launcher == "slurm":
+    if env.started_by == "slurm":
         return env.restart_count
     return len({e.get("restart") for e in events if e.get("event") == "started" and e.get("job") == env.job_id})
 

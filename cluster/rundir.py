@@ -1,16 +1,127 @@
-"""One run directory, one live run: a lock that the kernel releases when its holder dies."""
+"""The run directory: the one module that knows its file names, writes its files atomically and reads
+its JSON-lines logs.
+
+Layout of a run directory (``RunDir``)::
+
+    summary.json      the final numbers, written once at the end (rank 0)
+    metrics.jsonl     one record per log interval (rank 0)
+    events.jsonl      what happened across requeues: one line per event, from any rank
+    checkpoints/      step-N folders (``cluster.runtime.checkpoint``)
+    logs/             the ranks' stdout and stderr (submitit)
+    tensorboard/      event files, when tensorboard is installed
+    .lock             held by the live run (``hold``)
+
+A sweep directory holds ``manifest.json`` and ``submissions.pkl`` (``cluster.sweep.manifest``), its
+``logs/`` and one run directory per member.
+"""
 
 import contextlib
+import dataclasses
 import fcntl
+import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-LOCK_FILE = ".lock"
+from cluster.errors import RunDirectoryBusyError, SettingError, literal
 
 
-class RunDirectoryBusyError(RuntimeError):
-    """Another live process is running in this run directory."""
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    """Where one run keeps everything; each property is one of its files or folders."""
+
+    path: Path
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def events(self) -> Path:
+        return self.path / "events.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def lock(self) -> Path:
+        return self.path / ".lock"
+
+
+def write_atomically(path: Path, data: bytes | str) -> None:
+    """Write ``path`` whole: a reader sees the old file or the new one, never half of one."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if isinstance(data, str):
+        temporary.write_text(data)
+    else:
+        temporary.write_bytes(data)
+    temporary.replace(path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """``value`` as indented JSON, written atomically."""
+    write_atomically(path, json.dumps(value, indent=1) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every record of a JSON-lines file, oldest first; a line cut short (a kill, a write in progress) is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one record with a single ``write`` (``O_APPEND``): writers never interleave inside a line."""
+    line = (json.dumps(record) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+class EventLog:
+    """Appends to ``events.jsonl`` for one task of one job (``job`` and ``restart`` say which run it was).
+
+    Events: started, layout, checkpointed, checkpoint-failed, signalled, requeued, resumed, failed, lost,
+    stopped, finished. The log outlives every allocation, so requeue budgets are counted from it.
+    """
+
+    def __init__(self, run_dir: Path, *, rank: int, job: str, restart: int):
+        self.path = RunDir(run_dir).events
+        self.rank, self.job, self.restart = rank, job, restart
+
+    def record(self, event: str, **fields: Any) -> dict[str, Any]:
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "event": event, "job": self.job,
+                 "restart": self.restart, "rank": self.rank, **fields}
+        append_jsonl(self.path, entry)
+        return entry
+
+
+def read_events(run_dir: Path) -> list[dict[str, Any]]:
+    """Every event of a run directory, oldest first."""
+    return read_jsonl(RunDir(run_dir).events)
 
 
 def check_writable(run_dir: Path) -> None:
@@ -23,16 +134,18 @@ def check_writable(run_dir: Path) -> None:
             probe.write_text("ok")
             probe.unlink()
     except OSError as error:
-        raise PermissionError(
-            f"cannot write to the run directory {run_dir} ({error.strerror or error}); "
-            "choose a writable one with hydra.run.dir=PATH"
-        ) from error
+        raise SettingError(f"cannot write to the run directory {literal(str(run_dir))} "
+                           f"({literal(str(error.strerror or error))}); choose a writable one with {{k.run_dir}}=PATH"
+                           ) from error
 
 
 @contextlib.contextmanager
-def hold_run_dir(run_dir: Path) -> Iterator[None]:
-    """Hold the run directory's lock for the block, or raise if another process holds it."""
-    handle = open(run_dir / LOCK_FILE, "a+")
+def hold(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock for the block, or raise if another process holds it.
+
+    The kernel releases the lock when its holder dies, so a killed run never leaves it taken.
+    """
+    handle = open(RunDir(run_dir).lock, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -40,7 +153,8 @@ def hold_run_dir(run_dir: Path) -> Iterator[None]:
         holder = handle.read().strip() or "another process"
         handle.close()
         raise RunDirectoryBusyError(
-            f"run directory {run_dir} is in use by {holder}; wait for it to end, or choose another hydra.run.dir"
+            f"run directory {literal(str(run_dir))} is in use by {literal(holder)}; wait for it to end, "
+            "or choose another {k.run_dir}"
         ) from None
     try:
         handle.seek(0)

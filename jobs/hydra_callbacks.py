@@ -7,7 +7,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from cluster.errors import SettingError
 from cluster.rundir import check_writable
+from jobs.user_errors import describe
 
 
 class CheckRunDir(Callback):
@@ -16,6 +18,6 @@ class CheckRunDir(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             check_writable(Path(config.hydra.run.dir))
-        except PermissionError as error:
-            print(f"error: {error}", file=sys.stderr)
+        except SettingError as error:
+            print(f"error: {describe(error)}", file=sys.stderr)
             sys.exit(2)

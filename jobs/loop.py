@@ -4,7 +4,6 @@ Plain functions around one loop; the strategy, the model and the data are built 
 """
 
 import hashlib
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -17,22 +16,21 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from cluster.checkpoint import latest_checkpoint
-from cluster.checkpoint_writer import CheckpointWriter
+from cluster.runtime.checkpoint import latest_checkpoint
+from cluster.runtime.checkpoint_writer import CheckpointWriter
 from cluster.environment import TaskEnvironment
-from cluster.rng import seed_everything
-from cluster.supervisor import Supervisor
-from jobs.checkpointing import Trainee, checkpoint_meta, checkpoint_state, resume
-from jobs.config import JobPlan
+from cluster.rundir import RunDir, write_json
+from cluster.runtime.rng import seed_everything
+from cluster.runtime.supervisor import Supervisor
+from jobs.train_state import Trainee, checkpoint_meta, checkpoint_state, resume
+from jobs.plan import JobPlan
 from jobs.data import build_dataset
 from jobs.metrics import MetricsLog, ProgressLine
 from jobs.models import build_model
 from jobs.optim import build_optimizer, build_scheduler
-from jobs.pipeline import gather_places, gather_state, parallelize, pipeline_step
+from jobs.parallelize import parallelize
+from jobs.pipeline import gather_places, gather_state, pipeline_step
 from jobs.strategies import unwrap
-
-SUMMARY_FILE = "summary.json"
-
 
 class SkipFirst(Sampler[int]):
     """The first ``skip`` indices of an epoch left out: a resumed run's place inside its epoch,
@@ -91,7 +89,7 @@ def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Pa
     trainee = Trainee(model, optimizer, build_scheduler(plan.optim, optimizer, total_steps=cfg.steps),
                       pipeline=pipeline)
     seed_everything(cfg.seed + 1 + env.rank)  # per-rank streams (dropout, augmentation) from here on
-    writer = CheckpointWriter(run_dir / "checkpoints", rank=env.rank, keep=cfg.keep_checkpoints,
+    writer = CheckpointWriter(RunDir(run_dir).checkpoints, rank=env.rank, keep=cfg.keep_checkpoints,
                               background=cfg.async_checkpoint, on_done=supervisor.saved)
     resume(trainee, plan, env, writer.root, group=writer.group)
     resumed_from = trainee.step
@@ -186,14 +184,12 @@ def _write_summary(trainee: Trainee, plan: JobPlan, env: TaskEnvironment, run_di
         "param_digest": digest,
         "run_dir": str(run_dir.resolve()),
         "world_size": env.world_size,
-        "launcher": env.launcher,
+        "started_by": env.started_by,
         "backend": dist.get_backend(),
         "device": str(device),
         "resumed_from_step": resumed_from,
         "train_seconds": round(elapsed_s, 3),
-        "last_checkpoint": str(last.resolve()) if (last := latest_checkpoint(run_dir / "checkpoints")) else None,
+        "last_checkpoint": str(last.resolve()) if (last := latest_checkpoint(RunDir(run_dir).checkpoints)) else None,
     }
-    tmp = run_dir / (SUMMARY_FILE + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    tmp.replace(run_dir / SUMMARY_FILE)
+    write_json(RunDir(run_dir).summary, summary)
     return summary

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-METRICS_FILE = "metrics.jsonl"
+from cluster.rundir import RunDir, read_jsonl, write_atomically
 
 
 class ProgressLine:
@@ -41,10 +41,10 @@ class MetricsLog:
     """Appends records to ``metrics.jsonl``; written by rank 0 only."""
 
     def __init__(self, run_dir: Path, *, resumed_step: int):
-        self.path = run_dir / METRICS_FILE
+        self.path = RunDir(run_dir).metrics
         _drop_records_after(self.path, resumed_step)
         self.handle = open(self.path, "a")
-        self.tensorboard = _tensorboard_writer(run_dir / "tensorboard")
+        self.tensorboard = _tensorboard_writer(RunDir(run_dir).tensorboard)
 
     def write(self, record: dict[str, Any]) -> None:
         self.handle.write(json.dumps(record) + "\n")
@@ -64,10 +64,8 @@ def _drop_records_after(path: Path, step: int) -> None:
     """A resumed run repeats the steps after its checkpoint: drop their old records first."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(path)
+    kept = [record for record in read_jsonl(path) if record["step"] <= step]
+    write_atomically(path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
 def _tensorboard_writer(folder: Path) -> Any:
@@ -82,7 +80,7 @@ class MetricsFollower:
     """Reads the records rank 0 appends to ``metrics.jsonl``, for a launcher showing progress."""
 
     def __init__(self, run_dir: Path, progress: ProgressLine):
-        self.path = run_dir / METRICS_FILE
+        self.path = RunDir(run_dir).metrics
         self.progress = progress
         self.offset = 0
         self.inode = -1

@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
-from jobs.config import ModelConfig
+from jobs.settings import ModelConfig
 
 
 class SimpleModel(nn.Module):

@@ -1,4 +1,5 @@
-"""Pipeline model parallelism on ``torch.distributed.pipelining``, replicated over a dp x pp mesh.
+"""Pipeline model parallelism on ``torch.distributed.pipelining``, replicated over a dp x pp mesh
+(``jobs.parallelize`` chooses it for strategy=pipeline and strategy=hybrid).
 
 The model (a flat ``nn.Sequential``: the transformer's embedding, blocks and head, or the CNN's layers)
 is cut into ``pp x stages_per_rank`` stages; each pipeline rank runs its stages on micro-batches under a
@@ -15,18 +16,16 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.pipelining import (
     PipelineStage,
     Schedule1F1B,
     ScheduleGPipe,
     ScheduleInterleaved1F1B,
 )
-from torch.nn.parallel import DistributedDataParallel
 
 from cluster.parallel_dims import ParallelDims
-from jobs.config import JobPlan
-from jobs.strategies import apply_fsdp, apply_strategy
+from jobs.strategies import apply_ddp, apply_fsdp
 
 SCHEDULES: dict[str, Callable[..., object]] = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 
@@ -86,9 +85,7 @@ def apply_pipeline(model: nn.Module, dims: ParallelDims, *, rank: int, mesh: Dev
         if dims.dp > 1 and replicate == "fsdp":
             stage = apply_fsdp(stage, mesh=mesh["dp"])
         elif dims.dp > 1:
-            stage = DistributedDataParallel(stage, process_group=mesh["dp"].get_group(),
-                                            device_ids=[device.index] if device.type == "cuda" else None,
-                                            bucket_cap_mb=bucket_cap_mb)
+            stage = apply_ddp(stage, device=device, bucket_cap_mb=bucket_cap_mb, group=mesh["dp"].get_group())
         # Shapes given up front: torch 2.14 infers them by running the stage with grad enabled, which, through
         # DDP outside no_sync, arms DDP's reducer and all-reduces the first micro-batch's gradients on their own.
         # The sum is the same but rounds differently on a wrapper's first step, so a resumed run drifted ~1e-8.
@@ -116,18 +113,6 @@ def pipeline_step(pipeline: Pipeline, inputs: torch.Tensor, targets: torch.Tenso
     if not pipeline.is_last:
         return torch.zeros((), device=inputs.device)
     return torch.stack([loss.detach() for loss in losses]).mean()
-
-
-def parallelize(model: nn.Module, plan: JobPlan, dims: ParallelDims, *, rank: int, device: torch.device,
-                sample_shape: tuple[int, ...]) -> tuple[nn.Module, Pipeline | None]:
-    """Apply the plan's strategy: the module to train, and the pipeline when there is one."""
-    strategy = plan.strategy
-    if not strategy.pipelined:
-        return apply_strategy(model, strategy, device=device, world_size=dims.world_size), None
-    mesh = init_device_mesh(device.type, (dims.dp, dims.pp), mesh_dim_names=("dp", "pp"))
-    return apply_pipeline(model, dims, rank=rank, mesh=mesh, device=device, sample_shape=sample_shape,
-                          schedule=strategy.schedule, replicate=strategy.replicate,
-                          bucket_cap_mb=strategy.bucket_cap_mb)
 
 
 def gather_places(model: nn.Module, pipeline: Pipeline | None, *, local_rank: int) -> list[dict[str, object]]:

@@ -2,24 +2,22 @@
 
 import torch
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import fully_shard  # public since torch 2.6, the oldest we support
 from torch.nn.parallel import DistributedDataParallel
 
-try:  # public from torch 2.6 on; the composable path before that
-    from torch.distributed.fsdp import fully_shard
-except ImportError:  # pragma: no cover
-    from torch.distributed._composable.fsdp import fully_shard
 
-from jobs.config import StrategyConfig
+def apply_ddp(model: nn.Module, *, device: torch.device, bucket_cap_mb: float,
+              group: dist.ProcessGroup | None = None) -> nn.Module:
+    """Replicate ``model`` on every rank of ``group`` (all ranks by default); gradients are averaged by
+    all-reduce during backward.
 
-
-def apply_ddp(model: nn.Module, *, device: torch.device, bucket_cap_mb: float) -> nn.Module:
-    """Replicate ``model`` on every rank; gradients are averaged by all-reduce during backward.
-
-    DDP broadcasts rank 0's parameters at construction, so every replica starts identical.
+    DDP broadcasts the group's first rank's parameters at construction, so every replica starts identical.
     """
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model.to(device), device_ids=device_ids, bucket_cap_mb=bucket_cap_mb)
+    return DistributedDataParallel(model.to(device), device_ids=device_ids, bucket_cap_mb=bucket_cap_mb,
+                                   process_group=group)
 
 
 def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh) -> nn.Module:
@@ -39,15 +37,6 @@ def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh) -> nn.Module:
 def apply_single(model: nn.Module, *, device: torch.device) -> nn.Module:
     """One rank trains the whole model; nothing is communicated."""
     return model.to(device)
-
-
-def apply_strategy(model: nn.Module, cfg: StrategyConfig, *, device: torch.device, world_size: int) -> nn.Module:
-    if cfg.name == "ddp":
-        return apply_ddp(model, device=device, bucket_cap_mb=cfg.bucket_cap_mb)
-    if cfg.name == "fsdp":
-        mesh = init_device_mesh(device.type, (world_size,), mesh_dim_names=("dp",))
-        return apply_fsdp(model.to(device), mesh=mesh)
-    return apply_single(model, device=device)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -8,15 +8,16 @@ import torch
 import torch.distributed as dist
 
 from cluster.environment import TaskEnvironment, detect_environment
-from cluster.errors import CheckpointError
-from cluster.process_group import process_group
+from cluster.errors import ClusterError
 from cluster.requeue import JobEnd
-from cluster.supervisor import BudgetSpentError, Supervisor
-from jobs.config import JobPlan
+from cluster.runtime.process_group import process_group
+from cluster.runtime.supervisor import BudgetSpentError, Supervisor
 from jobs.loop import TrainingDivergedError, train
+from jobs.plan import JobPlan
+from jobs.user_errors import config_key
 
 # Errors of the configuration or the run directory: the same on every retry.
-DETERMINISTIC = (ValueError, FileNotFoundError, PermissionError, CheckpointError)
+DETERMINISTIC = (ValueError, FileNotFoundError, PermissionError, ClusterError)
 
 
 def run_task(plan: JobPlan, run_dir: Path, env: TaskEnvironment | None = None) -> dict[str, Any] | None:
@@ -27,7 +28,7 @@ def run_task(plan: JobPlan, run_dir: Path, env: TaskEnvironment | None = None) -
     env = env or detect_environment()
     # Ranks sharing a node share its cores; oversubscribed threads make every rank slower.
     # Slurm already pins each task to its own CPUs.
-    ranks_here = 1 if env.launcher == "slurm" else max(1, env.world_size // env.num_nodes)
+    ranks_here = 1 if env.started_by == "slurm" else max(1, env.world_size // env.num_nodes)
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // ranks_here))
     with process_group(env, backend=plan.distributed.backend, timeout_s=plan.distributed.timeout_s) as group:
         # Ranks started by hand (torchrun, srun) each composed their own Hydra run directory,
@@ -36,7 +37,7 @@ def run_task(plan: JobPlan, run_dir: Path, env: TaskEnvironment | None = None) -
         dist.broadcast_object_list(shared, src=0, device=group.device)
         run_dir = Path(shared[0])
         supervisor = Supervisor(env, run_dir, budget=plan.requeue, warning_signal=plan.stop_signal,
-                                lead_s=plan.signal_lead_s, device=group.device)
+                                lead_s=plan.signal_lead_s, device=group.device, spell=config_key)
         supervisor.start()
         try:
             return train(plan, env, group.device, run_dir, supervisor)

@@ -1,40 +1,22 @@
 """Train a model from a Hydra config: ``python -m jobs.train [overrides]``.
 
-Parse, plan, launch, report; the work is in ``jobs.launchers`` and ``jobs.loop``.
+Parse, plan, start the ranks, report; the work is in ``jobs.start`` and ``jobs.loop``.
 """
 
-import contextlib
+import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from cluster.environment import HalfSetEnvironmentError
-from cluster.errors import CheckpointError
-from cluster.launch import TaskFailedError
-from cluster.rundir import RunDirectoryBusyError
-from cluster.slurm_limits import SlurmUnavailableError
-from jobs.config import plan_from_config
-
-# Errors that mean "fix your input": one line and exit code 2, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, CheckpointError, HalfSetEnvironmentError,
-               RunDirectoryBusyError, SlurmUnavailableError)
-
-
-@contextlib.contextmanager
-def exit_on_user_error() -> Iterator[None]:
-    try:
-        yield
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except TaskFailedError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+import jobs.settings  # noqa: F401  (registers the schemas conf/ names)
+from jobs.plan import config_message, plan_from_config
+from jobs.user_errors import exit_on_user_error
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -50,14 +32,30 @@ def print_summary(summary: dict[str, Any]) -> None:
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
         # Late: it imports torch (2-4 s), which a sweep (-m) never needs; sweeps do not get here.
-        from jobs.launchers import LAUNCHERS
+        from jobs.start import START
 
         plan = plan_from_config(cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        summary = LAUNCHERS[plan.cluster.name](plan, run_dir)
+        summary = START[plan.cluster.name](plan, run_dir)
         if summary is not None:
             print_summary(summary)
 
 
+def cli() -> None:
+    """``python -m jobs.train``: Hydra's main, and a value the schema refuses (``train.steps=ten``) told in
+    one line, with exit code 2, like every other bad value."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it cannot compose, instead of printing it and exiting 1
+    try:
+        main()
+    except MissingConfigException as error:  # an unknown option: Hydra's message lists the ones there are
+        print(str(error), file=sys.stderr)
+        sys.exit(1)
+    except ConfigCompositionException as error:
+        cause = error.__cause__
+        print(f"error: {config_message(cause) if isinstance(cause, OmegaConfBaseException) else error}",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster.checkpoint import read_whole
+from cluster.runtime.checkpoint import read_whole
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from cluster.checkpoint import (
+from cluster.runtime.checkpoint import (
     MARKER,
     SafeReader,
     check_compatible,
@@ -21,10 +21,10 @@ from cluster.checkpoint import (
     remove_partials,
     step_dir,
 )
-from cluster.checkpoint_writer import CheckpointWriter, stage
+from cluster.runtime.checkpoint_writer import CheckpointWriter, stage
 from cluster.environment import SINGLE_PROCESS
 from cluster.errors import CheckpointError
-from cluster.process_group import process_group
+from cluster.runtime.process_group import process_group
 
 CONFIG = {"model.name": "mlp", "optim.lr": 0.05}
 

@@ -6,7 +6,7 @@ import inspect
 import pytest
 from hydra import compose, initialize_config_dir
 
-from cluster.slurm import SlurmResources
+from cluster.slurm.sbatch import SlurmResources
 from jobs.config import (
     ClusterConfig,
     DataConfig,

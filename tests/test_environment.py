@@ -24,7 +24,7 @@ LOCAL_RANK1 = {
 
 def test_slurm_step_gives_ranks_and_first_node_as_master():
     env = detect_environment(SLURM_RANK3)
-    assert (env.launcher, env.rank, env.local_rank, env.world_size, env.node_rank, env.num_nodes) == (
+    assert (env.started_by, env.rank, env.local_rank, env.world_size, env.node_rank, env.num_nodes) == (
         "slurm", 3, 1, 4, 1, 2)
     assert env.master_addr == "node1"
     assert env.master_port == derive_master_port("18")
@@ -43,13 +43,13 @@ def test_batch_shell_without_step_is_a_single_process():
 
 def test_torchrun():
     env = detect_environment(TORCHRUN_RANK1)
-    assert (env.launcher, env.rank, env.local_rank, env.world_size, env.num_nodes) == ("torchrun", 1, 1, 2, 1)
+    assert (env.started_by, env.rank, env.local_rank, env.world_size, env.num_nodes) == ("torchrun", 1, 1, 2, 1)
     assert (env.master_addr, env.master_port) == ("127.0.0.1", 29500)
 
 
 def test_torchrun_inside_an_srun_step_owns_the_ranks():
     env = detect_environment({**SLURM_RANK3, **TORCHRUN_RANK1})
-    assert env.launcher == "torchrun" and env.world_size == 2
+    assert env.started_by == "torchrun" and env.world_size == 2
 
 
 def test_slurm_comes_before_the_local_executor():
@@ -58,7 +58,7 @@ def test_slurm_comes_before_the_local_executor():
 
 def test_submitit_local_executor():
     env = detect_environment(LOCAL_RANK1)
-    assert (env.launcher, env.rank, env.world_size, env.master_addr) == ("local", 1, 2, "127.0.0.1")
+    assert (env.started_by, env.rank, env.world_size, env.master_addr) == ("local", 1, 2, "127.0.0.1")
     assert env.master_port == derive_master_port("4242")
 
 

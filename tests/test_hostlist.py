@@ -1,6 +1,6 @@
 import pytest
 
-from cluster.hostlist import expand_hostlist
+from cluster.slurm.hostlist import expand_hostlist
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import resource
 import pytest
 
 from cluster.environment import SINGLE_PROCESS, TaskEnvironment
-from cluster.events import EventLog, read_events
+from cluster.rundir import EventLog, read_events
 from cluster.requeue import (
     RequeueBudget,
     budget_left,
@@ -18,7 +18,7 @@ from cluster.requeue import (
 )
 from tests.conftest import read_summary, run_train
 
-SLURM = TaskEnvironment(launcher="slurm", rank=0, local_rank=0, world_size=2, node_rank=0, num_nodes=2,
+SLURM = TaskEnvironment(started_by="slurm", rank=0, local_rank=0, world_size=2, node_rank=0, num_nodes=2,
                         master_addr="node1", master_port=20000, job_id="39", restart_count=0)
 NOW = datetime.datetime(2026, 11, 23, 1, 18, 0)
 # `scontrol show job` fields seen in a task's signal handler on the local cluster (tests/test_requeue_slurm.py)
@@ -38,7 +38,7 @@ def test_cause_is_read_from_slurm_not_guessed(fields, cause):
 
 
 def test_local_executor_warning_near_its_timeout_is_the_time_limit():
-    local = SLURM.__class__(**{**SLURM.__dict__, "launcher": "local"})
+    local = SLURM.__class__(**{**SLURM.__dict__, "started_by": "local"})
     assert signal_cause(local, lead_s=30, started_s=575, local_timeout_s=600) == "time-limit"
     assert signal_cause(local, lead_s=30, started_s=100, local_timeout_s=600) == "signal"
     assert signal_cause(SINGLE_PROCESS, lead_s=30) == "signal"

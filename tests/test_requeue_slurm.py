@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.events import read_events
+from cluster.rundir import read_events
 from tests.conftest import read_summary, run_train
 
 pytestmark = [pytest.mark.slow]
@@ -83,7 +83,7 @@ def wait_finished(job_id: str, run_dir: Path, *, timeout: float) -> dict:
 def rank_pids(run_dir: Path) -> dict[int, int]:
     """rank -> pid of the training processes of a job whose logs are in ``run_dir``."""
     found = {}
-    out = subprocess.run(["pgrep", "-f", f"(submitit.core._submit|cluster.task_runner) {run_dir}"], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-f", f"(submitit.core._submit|cluster.slurm.task_runner) {run_dir}"], capture_output=True, text=True).stdout
     for pid in map(int, out.split()):
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -175,7 +175,7 @@ def test_time_limit_is_crossed_by_requeues(tmp_path, reference):
     # A 1-minute limit with the warning 45 s before the end: Slurm's coarse timer sent it 10-33 s into
     # the job here, leaving ~4-27 s of training (~500-3500 steps) per allocation: 4000 steps need
     # two allocations or more (three, typically). Slurm may send it up to 60 s early, even before
-    # Python has started: cluster.task_runner catches it, and that run stops after one step.
+    # Python has started: cluster.slurm.task_runner catches it, and that run stops after one step.
     job = submit(tmp_path, *RUN, "cluster.timeout_min=1", "cluster.signal_lead_s=45", "requeue.time_limit=10")
     summary = wait_finished(job, tmp_path, timeout=900)
     assert summary["param_digest"] == reference(*RUN)  # the same uninterrupted run as the other tests'

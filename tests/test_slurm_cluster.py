@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 
 from cluster.environment import detect_environment
-from cluster.process_group import process_group
-from cluster.slurm import SlurmResources, render_sbatch, submit
+from cluster.runtime.process_group import process_group
+from cluster.slurm.sbatch import SlurmResources, render_sbatch, submit
 from tests.conftest import read_summary, run_train, squeue_ids
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]

@@ -2,8 +2,8 @@
 
 import pytest
 
-from cluster.slurm import SlurmResources
-from cluster.slurm_limits import (
+from cluster.slurm.sbatch import SlurmResources
+from cluster.slurm.limits import (
     Node,
     check_fits,
     parse_nodes,

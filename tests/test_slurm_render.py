@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.slurm import SlurmResources, render_sbatch
+from cluster.slurm.sbatch import SlurmResources, render_sbatch
 
 GOLDEN = Path(__file__).parent / "golden"
 FOLDER = Path("/runs/exp 1/logs")

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from cluster import stop_signal
-from cluster.stop_signal import StopFlag, StopVote
+from cluster.runtime.stop_vote import StopFlag, StopVote
 from tests.gloo_ranks import spawn_gloo_ranks
 
 # A busy machine stretches a 2 ms step to ~10 ms: still ~10 steps between votes, twice the margin asked below.

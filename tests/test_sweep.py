@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from cluster.cli import main
-from cluster.sweep import Manifest, Member, array_chunks, find_manifest
-from cluster.sweep_status import expand_array_ids, from_run_dir, parse_states
+from cluster.sweep.manifest import Manifest, Member, array_chunks, find_manifest
+from cluster.sweep.status import expand_array_ids, from_run_dir, parse_states
 from tests.conftest import REPO
 
 

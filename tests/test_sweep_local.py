@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.watchdog import process_alive
+from cluster.local.watchdog import process_alive
 from tests.conftest import REPO, cli, read_manifest, run_sweep, wait_done
 
 pytestmark = pytest.mark.slow
@@ -120,7 +120,7 @@ def test_a_sweep_over_both_kinds_of_cluster_is_refused_before_anything_runs(tmp_
 
 def test_submitting_a_sweep_needs_no_torch():
     """torch takes seconds to import on a login node; the members import it where they run."""
-    code = ("import sys, jobs.train, jobs.sweep, cluster.cli, cluster.local_queue, "
+    code = ("import sys, jobs.train, jobs.sweep, cluster.cli, cluster.sweep.local_queue, "
             "hydra_plugins.clusterjobs_launcher.clusterjobs_launcher\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))")
     loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.slurm_limits import max_array_size
-from cluster.sweep_status import parse_states
+from cluster.slurm.limits import max_array_size
+from cluster.sweep.status import parse_states
 from tests.conftest import REPO, cli, read_manifest, run_sweep, wait_done
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]

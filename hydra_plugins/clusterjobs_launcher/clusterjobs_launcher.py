@@ -15,8 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType, ValueType
@@ -24,13 +22,21 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import AnyNode, DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
-from cluster.sweep import SweepOptions
+from hydra_plugins.clusterjobs_launcher.hydra_compat import (
+    BasicSweeper,
+    apply_overrides,
+    group_exists,
+    overrides_dirname,
+)
+from hydra_plugins.clusterjobs_launcher.omegaconf_compat import raw_text, value_node
+from jobs.settings import SweepSettings
 
 
 @dataclasses.dataclass
-class ClusterjobsLauncherConf(SweepOptions):  # the fields and their docs: cluster.sweep.SweepOptions
+class ClusterjobsLauncherConf(SweepSettings):  # the fields and their docs: jobs.settings.SweepSettings
     _target_: str = "hydra_plugins.clusterjobs_launcher.clusterjobs_launcher.ClusterjobsLauncher"
 
 
@@ -50,11 +56,11 @@ class ClusterjobsLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         # Late: Hydra imports every plugin at start-up, even for a single run.
         from jobs.sweep import launch_sweep
-        from jobs.train import exit_on_user_error
+        from jobs.user_errors import exit_on_user_error
 
         assert self.config is not None and self.hydra_context is not None
         with exit_on_user_error():
-            options = SweepOptions(**self.settings)
+            options = SweepSettings(**self.settings)  # type: ignore[arg-type]
             members = self._plan_all(job_overrides, initial_job_idx)
             manifest = launch_sweep(members, Path(str(self.config.hydra.sweep.dir)), options)
             if options.wait:
@@ -65,8 +71,8 @@ class ClusterjobsLauncher(Launcher):
 
     def _plan_all(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
         """Every member's plan, or one ValueError that names every member whose config is refused."""
-        from cluster.sweep import Member
-        from jobs.config import plan_from_tree
+        from cluster.sweep.manifest import Member
+        from jobs.plan import plan_from_tree
         from jobs.sweep import PlannedMember
 
         assert self.config is not None and self.hydra_context is not None
@@ -76,7 +82,7 @@ class ClusterjobsLauncher(Launcher):
             try:
                 tree, run_dir = composer.member(index, overrides)
                 plan = plan_from_tree(tree)
-            except (ValueError, HydraException) as error:
+            except (ValueError, HydraException, OmegaConfBaseException) as error:
                 problems.append(f"member {index} ({' '.join(overrides) or 'no overrides'}): {error}")
                 continue
             member = Member(index=index, overrides=overrides, run_dir=str(run_dir.resolve()), steps=plan.train.steps)
@@ -114,10 +120,10 @@ class MemberComposer:
         composition = self._composition(tuple(o.input_line for o in parsed if o not in by_value))
         run_dir = self._run_dir(composition, index, parsed)
         if composition.plain is not None and all(composition.is_plain_change(o) for o in by_value):
-            return _with_values(composition.plain, {o.key_or_group: o.value() for o in by_value}), run_dir
+            return _with_values(composition.plain, {o.key_or_group: composition.converted(o) for o in by_value}), run_dir
         task = copy.deepcopy(composition.task)
-        ConfigLoaderImpl._apply_overrides_to_config(by_value, task)
-        tree = OmegaConf.to_container(task, resolve=True)
+        apply_overrides(by_value, task)
+        tree = OmegaConf.to_container(task, resolve=True, throw_on_missing=True)
         assert isinstance(tree, dict)
         return tree, run_dir
 
@@ -138,8 +144,8 @@ class MemberComposer:
         hydra = composition.hydra
         with open_dict(hydra):  # what the sweep dir names may use (hydra.sweep.subdir)
             hydra.job.id = hydra.job.num = index
-            hydra.job.override_dirname = get_overrides_dirname(
-                overrides=[o for o in parsed if not o.is_hydra_override()],
+            hydra.job.override_dirname = overrides_dirname(
+                [o for o in parsed if not o.is_hydra_override()],
                 kv_sep=hydra.job.config.override_dirname.kv_sep, item_sep=hydra.job.config.override_dirname.item_sep,
                 exclude_keys=hydra.job.config.override_dirname.exclude_keys)
         return self.sweep_dir / str(hydra.sweep.subdir)
@@ -165,7 +171,7 @@ class MemberComposer:
 
     @functools.cache
     def _is_group(self, key: str) -> bool:  # a look on disk: once per key
-        return self.loader.repository.group_exists(key)  # type: ignore[attr-defined]
+        return group_exists(self.loader, key)
 
 
 class Composition:
@@ -175,25 +181,28 @@ class Composition:
         self.hydra = hydra  # its hydra node (run and sweep directories)
         self.task = task  # everything else, the job's config
         self.plain = plain  # ``task`` as a plain container; None when it holds an interpolation
-        self.default_subdir = hydra.sweep._get_node("subdir")._value() == DEFAULT_SUBDIR  # the text, unresolved
-        self._plain_leaves: dict[str, bool] = {}
+        self.default_subdir = raw_text(hydra.sweep, "subdir") == DEFAULT_SUBDIR  # the text, unresolved
+        self._leaves: dict[str, Any] = {}  # key -> its value node, or None when it holds no plain value
 
     def is_plain_change(self, override: Override) -> bool:
-        """``key=value`` replacing a set, untyped, plain value (no mapping, list, interpolation or ``???``) with
-        another plain value: what Hydra does to it is to store the value."""
+        """``key=value`` replacing a set, plain value (no mapping, list, interpolation or ``???``) with another
+        plain value: what Hydra does to it is to store the value, converted by its node (``converted``)."""
         if override.is_delete() or override.is_add() or override.is_force_add():
             return False
         value = override.value()
         if isinstance(value, (dict, list)) or (isinstance(value, str) and "${" in value):
             return False
         key = override.key_or_group
-        if key not in self._plain_leaves:  # a look through omegaconf: once per key
+        if key not in self._leaves:  # a look through omegaconf: once per key
             parent_key, _, leaf = key.rpartition(".")
             parent = OmegaConf.select(self.task, parent_key) if parent_key else self.task
-            self._plain_leaves[key] = (isinstance(parent, DictConfig) and leaf in parent  # False for ``???``
-                                       and isinstance(parent._get_node(leaf), AnyNode)
-                                       and not OmegaConf.is_interpolation(parent, leaf))
-        return self._plain_leaves[key]
+            self._leaves[key] = value_node(parent, leaf) if isinstance(parent, DictConfig) else None
+        return self._leaves[key] is not None
+
+    def converted(self, override: Override) -> Any:
+        """The override's value as its node stores it (``optim.lr=1`` is 1.0 in a float field); a value the
+        node's type refuses raises OmegaConf's ValidationError, as a composition would."""
+        return self._leaves[override.key_or_group].validate_and_convert(override.value())
 
 
 # Numbers as Hydra's grammar reads them (hydra/grammar/OverrideLexer.g4), without its ``_`` separators:

@@ -2,7 +2,7 @@
 bandwidth against a raw write of the same bytes to the same disk.
 
 One process (world size 1, gloo) saves a state of ``--mb`` MB of float32 tensors (a model's and its
-optimizer's shapes: ``--tensors`` of equal size) through ``cluster.checkpoint_writer.CheckpointWriter``,
+optimizer's shapes: ``--tensors`` of equal size) through ``cluster.runtime.checkpoint_writer.CheckpointWriter``,
 as a training run does (DCP, ``.partial`` folder, fsync, marker, rename). The raw write is the same
 bytes in one ``write`` and an ``fsync`` to a file in the same folder. Rounds alternate raw, sync and
 async; figures are medians with their spread.
@@ -26,7 +26,7 @@ import torch.distributed as dist
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from cluster.checkpoint_writer import CheckpointWriter  # noqa: E402  (the repository, run as a script)
+from cluster.runtime.checkpoint_writer import CheckpointWriter  # noqa: E402  (the repository, run as a script)
 
 
 def make_state(megabytes: int, tensors: int) -> dict[str, dict[str, torch.Tensor]]:

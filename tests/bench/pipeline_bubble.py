@@ -28,7 +28,7 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage
 
 from cluster.parallel_dims import ParallelDims
-from cluster.rng import seed_everything
+from cluster.runtime.rng import seed_everything
 from jobs.config import ModelConfig, stage_layers
 from jobs.models import build_model
 from jobs.pipeline import (

@@ -27,7 +27,7 @@ from torch import nn, optim
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from cluster.stop_signal import StopFlag, StopVote  # noqa: E402  (the repository, run as a script)
+from cluster.runtime.stop_vote import StopFlag, StopVote  # noqa: E402  (the repository, run as a script)
 from jobs.config import OptimConfig  # noqa: E402
 from jobs.loop import global_mean  # noqa: E402
 from jobs.models import SimpleModel  # noqa: E402

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from cluster.checkpoint import (
+from cluster.runtime.checkpoint import (
     partial_dir,
     prune_checkpoints,
     seal,

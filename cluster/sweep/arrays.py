@@ -8,9 +8,9 @@ every array, so a failure half-way leaves what was submitted on record.
 import math
 from typing import Any
 
-from cluster.slurm import submit_array
-from cluster.slurm_limits import max_array_size
-from cluster.sweep import Manifest, Member, array_chunks
+from cluster.slurm.commands import max_array_size
+from cluster.slurm.sbatch import submit_array
+from cluster.sweep.manifest import Manifest, Member, array_chunks
 
 
 def submit_members(manifest: Manifest, submissions: list[tuple[Member, dict[str, Any]]], *, parallelism: int,

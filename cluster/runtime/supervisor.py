@@ -10,41 +10,55 @@ import datetime
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from cluster.checkpoint_writer import SaveResult
 from cluster.environment import TaskEnvironment
-from cluster.errors import one_line
-from cluster.events import EventLog, read_events
+from cluster.errors import literal, one_line, spelled
 from cluster.requeue import (
     EXIT_REQUEUE,
-    REQUEUEING_LAUNCHERS,
+    REQUEUEABLE,
     JobEnd,
     RequeueBudget,
     budget_left,
-    is_peer_failure,
     note_on_job,
     request_requeue,
     restart_number,
     signal_cause,
     unexplained_end,
 )
-from cluster.stop_signal import StopFlag, StopVote
+from cluster.rundir import EventLog, read_events
+from cluster.runtime.checkpoint_writer import SaveResult
+from cluster.runtime.stop_vote import StopVote
+from cluster.warning_signals import StopFlag
 
 
 class BudgetSpentError(RuntimeError):
     """The job would come back once more than its requeue budget allows."""
 
 
+def is_peer_failure(error: BaseException) -> bool:
+    """An error that says another rank is gone (a crash elsewhere), rather than a fault of this rank."""
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        part in text for part in ("gloo", "Connection reset by peer", "Connection closed by peer", "Timed out"))
+
+
 class Supervisor:
-    """Installs the warning handlers at once; ``start`` then records the run (all ranks call it)."""
+    """Installs the warning handlers at once; ``start`` then records the run (all ranks call it).
+
+    ``spell`` names the settings in messages (``cluster.errors``): the budgets (``preemption``,
+    ``time_limit``, ``failure``) and ``signal_lead_s``, as the caller's users know them.
+    """
 
     def __init__(self, env: TaskEnvironment, run_dir: Path, *, budget: RequeueBudget, warning_signal: str = "USR2",
-                 lead_s: float, device: torch.device):
-        self.env, self.budget, self.lead_s = env, budget, lead_s
+                 lead_s: float, device: torch.device, spell: Callable[[str], str] = str):
+        self.env, self.budget, self.lead_s, self.spell = env, budget, lead_s, spell
         # SIGTERM is a last-chance warning too: Slurm sends it KillWait seconds before SIGKILL.
         self.flag = StopFlag((warning_signal, "TERM")).install()
         self.vote = StopVote(self.flag, device)
@@ -70,7 +84,7 @@ class Supervisor:
                 self._give_up(f"the previous run was lost and the {phrase}")
         if self.env.is_main:
             self.log.record("started", nodes=self.env.num_nodes, world_size=self.env.world_size,
-                            launcher=self.env.launcher, host=os.uname().nodename)
+                            started_by=self.env.started_by, host=os.uname().nodename)
             self._check_lead_time(self.slowest_save_s)
 
     def should_stop(self, step: int) -> bool:
@@ -115,7 +129,7 @@ class Supervisor:
             raise JobEnd(0)
         if not allowed:
             self._give_up(f"stopped by {cause[0]} at step {step}, and the {phrase}")
-        if self.env.launcher not in REQUEUEING_LAUNCHERS:
+        if self.env.started_by not in REQUEUEABLE:
             if self.env.is_main:
                 self.log.record("stopped", cause=cause[0], step=step, reason="nothing here restarts the job")
                 print(f"stopped at step {step} by {self.flag.received}, checkpoint saved: "
@@ -131,19 +145,19 @@ class Supervisor:
         ``deterministic``: an error a retry would only repeat (a configuration error, a diverged loss).
         """
         kind = "peer" if is_peer_failure(error) else ("config" if deterministic else "exception")
-        text = one_line(error)
+        text = one_line(error, self.spell)
         self.log.record("failed", kind=kind, step=step, error=text[:500])
-        if self.env.launcher not in REQUEUEING_LAUNCHERS:
+        if self.env.started_by not in REQUEUEABLE:
             raise error  # nothing here restarts the job: torchrun's --max-restarts or the user decide
         if kind == "config":
-            self._give_up(f"an error a retry would repeat ({text[:200]})", error)
+            self._give_up(f"an error a retry would repeat ({literal(text[:200])})", error)
         again = [e for e in self.history if e.get("event") == "failed" and e.get("kind") == "exception"
                  and e.get("step") == step and e.get("error") == text[:500]]
         if kind == "exception" and again:
-            self._give_up(f"the same exception at step {step} twice ({text[:200]})", error)
+            self._give_up(f"the same exception at step {step} twice ({literal(text[:200])})", error)
         allowed, phrase = budget_left(self.budget, self.history, "failure")
         if not allowed:
-            self._give_up(f"{text[:200]}, and the {phrase}", error)
+            self._give_up(f"{literal(text[:200])}, and the {phrase}", error)
         self._requeue("failure", step, phrase)
         raise JobEnd(EXIT_REQUEUE) from error
 
@@ -153,9 +167,14 @@ class Supervisor:
         if self.env.is_main:
             self.log.record("finished", step=step, seconds=round(time.monotonic() - self.began, 3))
 
+    def _say(self, template: str) -> str:
+        """A message template (``cluster.errors``) with the settings spelled for the caller's users."""
+        return spelled(template, self.spell)
+
     def _requeue(self, cause: str, step: int | None, phrase: str) -> None:
         problem = request_requeue(self.env)
-        self.log.record("requeued", cause=cause, step=step, budget=phrase, **({"problem": problem} if problem else {}))
+        self.log.record("requeued", cause=cause, step=step, budget=self._say(phrase),
+                        **({"problem": problem} if problem else {}))
 
     def _cause(self) -> str:
         timeout = float(os.environ.get("SUBMITIT_LOCAL_TIMEOUT_S", 0) or 0)
@@ -167,11 +186,12 @@ class Supervisor:
             self._warned = True
             message = (f"a checkpoint took {save_s:.1f} s, longer than the {self.lead_s:g} s between the warning "
                        "signal and the end: a stop would lose the steps since the last checkpoint; "
-                       "raise cluster.signal_lead_s")
+                       f"raise {self.spell('signal_lead_s')}")
             self.log.record("warning", reason=message)
             print(f"warning: {message}", flush=True)
 
-    def _give_up(self, reason: str, error: BaseException | None = None) -> None:
+    def _give_up(self, template: str, error: BaseException | None = None) -> None:
+        reason = self._say(template)
         if self.env.is_main or error is not None:
             self.log.record("failed", kind="final", reason=reason)
         note_on_job(self.env, f"ended: {reason}"[:240])

@@ -5,18 +5,21 @@ import contextlib
 import glob
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from cluster import rundir
 from cluster.by_name import ByName
 from cluster.environment import SINGLE_PROCESS, detect_environment
-from cluster.launch import launch_local, wait_for
+from cluster.local.ranks import launch_local, wait_for
 from cluster.parallel_dims import ParallelDims
-from cluster.rundir import hold_run_dir
-from cluster.slurm import SlurmResources, render_sbatch, submit
-from cluster.slurm_limits import preflight as slurm_preflight
-from jobs.config import JobPlan
+from cluster.rundir import RunDir
+from cluster.slurm.limits import check_against_cluster
+from cluster.slurm.resources import SlurmResources
+from cluster.slurm.sbatch import render_sbatch, submit
+from jobs.checks import check_before_start
 from jobs.metrics import MetricsFollower, ProgressLine
-from jobs.preflight import preflight
+from jobs.plan import JobPlan
 
 Summary = dict[str, Any] | None
 # What every rank runs, imported where it runs: the launching process needs no torch (2-4 s to import),
@@ -36,22 +39,22 @@ def visible_gpus() -> int:
 def run_local(plan: JobPlan, run_dir: Path) -> Summary:
     """``cluster=local``: N ranks on this machine through submitit's LocalExecutor."""
     tasks = plan.cluster.tasks_per_node
-    preflight(plan, run_dir)
+    check_before_start(plan, run_dir)
     progress = ProgressLine(plan.train.steps, stream=sys.stderr)
-    with hold_run_dir(run_dir), contextlib.closing(progress):
+    with rundir.hold(run_dir), contextlib.closing(progress):
         return launch_local(
             RUN_TASK, plan, run_dir,
             # submitit hides every GPU from its tasks (CUDA_VISIBLE_DEVICES="") unless told how many to show
             tasks=tasks, timeout_min=plan.cluster.timeout_min, signal_lead_s=plan.cluster.signal_lead_s,
             gpus=min(tasks, visible_gpus()),
-            log_dir=run_dir / "logs", on_poll=MetricsFollower(run_dir, progress).poll,
+            log_dir=RunDir(run_dir).logs, on_poll=MetricsFollower(run_dir, progress).poll,
         )
 
 
 def run_debug(plan: JobPlan, run_dir: Path) -> Summary:
     """``cluster=debug``: one rank in this very process; breakpoints and pdb work."""
-    preflight(plan, run_dir)
-    with hold_run_dir(run_dir):
+    check_before_start(plan, run_dir)
+    with rundir.hold(run_dir):
         return RUN_TASK(plan, run_dir, env=SINGLE_PROCESS)
 
 
@@ -59,7 +62,7 @@ def run_inline(plan: JobPlan, run_dir: Path) -> Summary:
     """``cluster=inline``: this process is already one rank (torchrun, a hand-written srun)."""
     env = detect_environment()
     if env.is_main:
-        preflight(plan, run_dir, world_size=env.world_size)
+        check_before_start(plan, run_dir, world_size=env.world_size)
     return RUN_TASK(plan, run_dir, env=env)
 
 
@@ -84,15 +87,15 @@ def run_slurm(plan: JobPlan, run_dir: Path) -> Summary:
     """``cluster=slurm``: submit one job whose tasks are the ranks; return at once unless asked to wait."""
     resources = plan.slurm
     assert resources is not None
-    preflight(plan, run_dir)
-    log_dir = run_dir / "logs"
+    check_before_start(plan, run_dir)
+    log_dir = RunDir(run_dir).logs
     if plan.cluster.dry_run:
         print(render_sbatch(resources, folder=log_dir.resolve()))
         print(f"# rank layout: {resources.nodes} node(s) x {resources.tasks_per_node} task(s); "
               "nodes are numbered in the order of the job's node list, node 0 is MASTER_ADDR")
         print(rank_layout(resources, plan.check_world(resources.world_size)))
         return None
-    partition = slurm_preflight(resources)
+    partition = check_against_cluster(resources)
     job = submit(RUN_TASK, plan, run_dir, resources=resources, folder=log_dir.resolve())
     print(f"submitted job {job.job_id} to partition {partition.name}: "
           f"{resources.nodes} node(s) x {resources.tasks_per_node} task(s)\n"
@@ -106,7 +109,7 @@ def run_slurm(plan: JobPlan, run_dir: Path) -> Summary:
         return wait_for(job, on_poll=MetricsFollower(run_dir, progress).poll)
 
 
-LAUNCHERS: dict[str, Callable[[JobPlan, Path], Summary]] = {
+START: dict[str, Callable[[JobPlan, Path], Summary]] = {
     "local": run_local,
     "debug": run_debug,
     "inline": run_inline,

@@ -10,28 +10,14 @@ Both are written whole to a temporary file and renamed, so a reader never sees h
 import dataclasses
 import datetime
 import json
-import os
 import pickle
 from pathlib import Path
 from typing import Any
 
+from cluster.rundir import RunDir, write_atomically
+
 MANIFEST = "manifest.json"
 SUBMISSIONS = "submissions.pkl"
-
-
-@dataclasses.dataclass
-class SweepOptions:
-    """The sweep launcher's settings (``hydra.launcher.*``)."""
-
-    array_parallelism: int = 64  # array tasks of one sweep running at once (Slurm's %N)
-    max_array_size: int = 0  # tasks per array at most (the cluster's MaxArraySize always holds); 0: that limit
-    local_parallelism: int = 1  # cluster=local members running at once; they share this machine's CPUs
-    wait: bool = False  # stay until every member has ended (default: return once submitted)
-
-    def __post_init__(self) -> None:
-        if self.array_parallelism < 1 or self.local_parallelism < 1 or self.max_array_size < 0:
-            raise ValueError("hydra.launcher.array_parallelism and hydra.launcher.local_parallelism must be >= 1, "
-                             "hydra.launcher.max_array_size >= 0 (0: the cluster's MaxArraySize)")
 
 
 class NotASweepError(ValueError):
@@ -69,7 +55,7 @@ class Manifest:
     """Everything a later command needs to find, watch, retry and collect a sweep."""
 
     sweep_dir: str  # absolute path of the sweep directory
-    launcher: str  # slurm, local, or run (one cluster=slurm run, read from its run directory)
+    kind: str  # where its members run: slurm, local, or run (one Slurm run, read from its run directory)
     created_at: str  # ISO time the sweep was submitted
     members: list[Member]
 
@@ -80,7 +66,7 @@ class Manifest:
     @property
     def log_dir(self) -> Path:
         """submitit's folder: ``ARRAY_TASK_RANK_log.out/.err`` per member and rank (``JOB_RANK_...`` for a run)."""
-        return Path(self.sweep_dir) / "logs"
+        return RunDir(Path(self.sweep_dir)).logs
 
     @property
     def submissions_path(self) -> Path:
@@ -91,7 +77,7 @@ class Manifest:
         which on these disks cost ~2 ms a file, 2 s for 1000 members."""
         recorded = self._submissions() if self.submissions_path.is_file() else {}
         recorded.update({member.index: submission for member, submission in submissions})
-        _write_atomically(self.submissions_path, pickle.dumps(recorded))
+        write_atomically(self.submissions_path, pickle.dumps(recorded))
 
     def load_submission(self, member: Member) -> dict[str, Any]:
         return self._submissions()[member.index]
@@ -103,19 +89,15 @@ class Manifest:
     def write(self) -> None:
         # vars(), not dataclasses.asdict, whose deep copy of every field took 0.2 s for 1000 members
         data = {**vars(self), "members": [vars(member) for member in self.members]}
-        _write_atomically(self.path, json.dumps(data, indent=1).encode())
+        write_atomically(self.path, json.dumps(data, indent=1))
 
     @classmethod
     def read(cls, sweep_dir: Path) -> "Manifest":
         data = json.loads((sweep_dir / MANIFEST).read_text())
+        if "launcher" in data:  # written before clusterjobs 0.2 named it "kind"
+            data["kind"] = data.pop("launcher")
         data["members"] = [Member(**member) for member in data["members"]]
         return cls(**data)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_bytes(data)
-    temporary.replace(path)  # a reader sees the old file or the new one, never half of one
 
 
 def now() -> str:
@@ -132,16 +114,16 @@ def array_chunks(count: int, max_array_size: int) -> list[range]:
 def find_manifest(path: Path) -> Manifest:
     """The sweep at ``path`` (or the sweep a member's run directory belongs to)."""
     if not path.exists():
-        raise NotASweepError(f"{path} does not exist; give the sweep directory that `python -m jobs.train -m ...` "
-                             "printed (it holds manifest.json)")
+        raise NotASweepError(f"{path} does not exist; give the sweep directory that the sweep command printed "
+                             "(it holds manifest.json)")
     for candidate in (path, path.parent):
         if (candidate / MANIFEST).is_file():
             return Manifest.read(candidate.resolve())
-    logs = sorted((path / "logs").glob("*_0_log.out"), key=lambda log: log.stat().st_mtime)
+    logs = sorted(RunDir(path).logs.glob("*_0_log.out"), key=lambda log: log.stat().st_mtime)
     if logs:
         return _single_run(path.resolve(), job_id=logs[-1].name.split("_")[0])
-    raise NotASweepError(f"{path} is no sweep directory: it has no {MANIFEST}; give the directory that "
-                         "`python -m jobs.train -m ...` printed (multirun/DATE/TIME by default)")
+    raise NotASweepError(f"{path} is no sweep directory: it has no {MANIFEST}; give the directory that the sweep "
+                         "command printed")
 
 
 def _single_run(run_dir: Path, *, job_id: str) -> Manifest:
@@ -150,4 +132,4 @@ def _single_run(run_dir: Path, *, job_id: str) -> Manifest:
     overrides = [line[2:].strip() for line in overrides_file.read_text().splitlines()
                  if line.startswith("- ")] if overrides_file.is_file() else []
     member = Member(index=0, overrides=overrides, run_dir=str(run_dir), steps=0, job_id=job_id)
-    return Manifest(sweep_dir=str(run_dir), launcher="run", created_at="", members=[member])
+    return Manifest(sweep_dir=str(run_dir), kind="run", created_at="", members=[member])

@@ -1,52 +1,16 @@
-"""A warning signal sets a flag; all ranks agree on it at a step boundary.
+"""All ranks agree at a step boundary on the warning flags (``cluster.warning_signals``) any of them got.
 
-Nothing is done inside the handler: saving there (as submitit's and Lightning's handlers do) races
-the training step it interrupts, and a collective inside a handler can deadlock. The loop asks
-``StopVote.poll(step)`` at each step boundary; the vote is an all-reduce (MAX) of every rank's flag,
-started at one boundary and read at the next vote, so it costs no waiting, and every rank stops at
-the same step even when only one of them got the signal.
+The loop asks ``StopVote.poll(step)`` at each step boundary; the vote is an all-reduce (MAX) of every
+rank's flag, started at one boundary and read at the next vote, so it costs no waiting, and every
+rank stops at the same step even when only one of them got the signal.
 """
 
-import signal
 import time
-from types import FrameType
 
 import torch
 import torch.distributed as dist
 
-from cluster.early_signals import EARLY
-
-
-class StopFlag:
-    """Signal handlers that only remember which warning came first, and when."""
-
-    def __init__(self, names: tuple[str, ...]):
-        self.signals = tuple(dict.fromkeys(getattr(signal, f"SIG{name}") for name in names))
-        self.received: str | None = None
-        self.at: float | None = None  # time.monotonic() of the first warning
-        self._previous: dict[int, object] = {}
-
-    def install(self) -> "StopFlag":
-        for number in self.signals:
-            self._previous[number] = signal.signal(number, self._handle)
-        caught = sorted((at, name) for name, at in EARLY.items()
-                        if getattr(signal, f"SIG{name}") in self.signals)
-        if caught and self.received is None:
-            self.at, self.received = caught[0]
-        return self
-
-    def uninstall(self) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)  # type: ignore[arg-type]
-        self._previous.clear()
-
-    def _handle(self, number: int, frame: FrameType | None) -> None:
-        if self.received is None:
-            self.received, self.at = signal.Signals(number).name.removeprefix("SIG"), time.monotonic()
-
-    @property
-    def set(self) -> bool:
-        return self.received is not None
+from cluster.warning_signals import StopFlag
 
 
 class StopVote:

@@ -1,4 +1,5 @@
-"""Join and always leave a ``torch.distributed`` process group: NCCL on GPUs, gloo on CPU."""
+"""Join and always leave a ``torch.distributed`` process group (NCCL on GPUs, gloo on CPU), and lay its
+ranks out on a device mesh."""
 
 import contextlib
 import dataclasses
@@ -7,8 +8,10 @@ from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from cluster.environment import TaskEnvironment
+from cluster.errors import SettingError, literal
 
 BACKENDS = ("auto", "gloo", "nccl")
 
@@ -24,11 +27,11 @@ class ProcessGroup:
 def resolve_backend(requested: str, *, cuda_available: bool) -> str:
     """``auto`` means NCCL when this process sees a GPU, gloo otherwise."""
     if requested not in BACKENDS:
-        raise ValueError(f"unknown backend {requested!r}; use one of {', '.join(BACKENDS)}")
+        raise SettingError(f"unknown {{k.backend}} {literal(repr(requested))}; use one of {', '.join(BACKENDS)}")
     if requested == "auto":
         return "nccl" if cuda_available else "gloo"
     if requested == "nccl" and not cuda_available:
-        raise ValueError("backend nccl needs a GPU, and this process sees none; use backend=gloo or auto")
+        raise SettingError("{k.backend} nccl needs a GPU, and this process sees none; use {k.backend}=gloo or auto")
     return requested
 
 
@@ -41,9 +44,9 @@ def bind_device(env: TaskEnvironment, backend: str) -> torch.device:
     # device 0 whatever the local rank; otherwise local rank i takes GPU i.
     index = 0 if count == 1 else env.local_rank
     if index >= count:
-        raise ValueError(
+        raise SettingError(
             f"local rank {env.local_rank} needs GPU {index} but only {count} are visible; "
-            "ask for as many GPUs per node as tasks per node"
+            "ask for as many GPUs per node as tasks per node ({k.gpus_per_node} = {k.tasks_per_node})"
         )
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
@@ -58,7 +61,7 @@ def process_group(env: TaskEnvironment, *, backend: str = "auto", timeout_s: flo
     resolved = resolve_backend(backend, cuda_available=torch.cuda.is_available())
     device = bind_device(env, resolved)
     timeout = datetime.timedelta(seconds=timeout_s)
-    if env.launcher == "single":
+    if env.started_by == "single":
         dist.init_process_group(resolved, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     else:
         dist.init_process_group(
@@ -72,3 +75,9 @@ def process_group(env: TaskEnvironment, *, backend: str = "auto", timeout_s: flo
         yield ProcessGroup(backend=resolved, device=device)
     finally:
         dist.destroy_process_group()
+
+
+def device_mesh(device: torch.device, **dims: int) -> DeviceMesh:
+    """The job's ranks on a mesh of the named dimensions, outermost first (``device_mesh(d, dp=2, pp=2)``:
+    the pp ranks of one replica are consecutive)."""
+    return init_device_mesh(device.type, tuple(dims.values()), mesh_dim_names=tuple(dims))

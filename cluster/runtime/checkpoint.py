@@ -34,13 +34,10 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.default_planner import (
-    DefaultLoadPlanner,
-    _EmptyStateDictLoadPlanner,
-)
-from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
-from cluster.errors import CheckpointError, one_line
+from cluster.errors import CheckpointError, literal, one_line
+from cluster.runtime.dcp_compat import METADATA_FUNCTIONS, WholeStateLoadPlanner, load_whole
 
 MARKER = "COMPLETE"
 PARTIAL_SUFFIX = ".partial"
@@ -127,30 +124,32 @@ def _fsync_dir(folder: Path) -> None:
 
 def read_marker(folder: Path) -> dict[str, Any]:
     """The marker of a checkpoint, after checking that every file it lists is whole."""
-    hint = f"move {folder} out of the way to resume from the checkpoint before it, or start a new run directory"
+    where = literal(str(folder))
+    hint = f"move {where} out of the way to resume from the checkpoint before it, or start a new run directory ({{k.run_dir}}=...)"
     try:
         marker = json.loads((folder / MARKER).read_text())
         sizes = marker["files"]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"checkpoint {folder} has an unreadable {MARKER} marker ({error}); {hint}") from error
+        raise CheckpointError(f"checkpoint {where} has an unreadable {MARKER} marker ({literal(str(error))}); "
+                              f"{hint}") from error
     for name, size in sizes.items():
         path = folder / name
         actual = path.stat().st_size if path.is_file() else None
         if actual != size:
             found = "missing" if actual is None else f"{actual} bytes"
-            raise CheckpointError(f"checkpoint {folder} is corrupt: {name} is {found}, expected {size} bytes; {hint}")
+            raise CheckpointError(f"checkpoint {where} is corrupt: {literal(name)} is {found}, expected {size} bytes; "
+                                  f"{hint}")
     return marker
 
 
 # What DCP's .metadata may name: its own record classes, paths, and torch's dtypes and sizes.
 _METADATA_MODULES = ("torch.distributed.checkpoint.", "pathlib")
-_METADATA_FUNCTIONS = {("torch.serialization", "_get_layout"), ("torch", "Size")}
 
 
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         found = super().find_class(module, name)
-        if (module, name) in _METADATA_FUNCTIONS or isinstance(found, torch.dtype):
+        if (module, name) in METADATA_FUNCTIONS or isinstance(found, torch.dtype):
             return found
         if module.startswith(_METADATA_MODULES) and isinstance(found, type):
             return found
@@ -166,8 +165,9 @@ class SafeReader(FileSystemReader):
             with open(path, "rb") as handle:
                 metadata = _MetadataUnpickler(handle).load()
         except Exception as error:
-            raise CheckpointError(f"checkpoint index {path} cannot be read ({type(error).__name__}: {error}); "
-                                  f"move {path.parent} out of the way to resume from the checkpoint before it") from error
+            raise CheckpointError(f"checkpoint index {literal(str(path))} cannot be read ({type(error).__name__}: "
+                                  f"{literal(str(error))}); move {literal(str(path.parent))} out of the way to resume "
+                                  "from the checkpoint before it") from error
         if getattr(metadata, "storage_meta", None) is not None:
             metadata.storage_meta.load_id = self.load_id
         return metadata
@@ -181,8 +181,9 @@ class _WeightsOnlyBytes:
         try:
             torch.load(value, weights_only=True)
         except Exception as error:
-            raise CheckpointError(f"checkpoint value {read_item.dest_index.fqn} holds more than tensors and plain "
-                                  f"containers ({type(error).__name__}); it was not written by clusterjobs") from error
+            raise CheckpointError(f"checkpoint value {literal(read_item.dest_index.fqn)} holds more than tensors and "
+                                  f"plain containers ({type(error).__name__}); it was not written by clusterjobs"
+                                  ) from error
         value.seek(0)
         super().load_bytes(read_item, value)  # type: ignore[misc]
 
@@ -191,7 +192,7 @@ class SafeLoadPlanner(_WeightsOnlyBytes, DefaultLoadPlanner):
     """Loads into a template state dict, as DCP's default planner does."""
 
 
-class _SafeWholeLoadPlanner(_WeightsOnlyBytes, _EmptyStateDictLoadPlanner):
+class _SafeWholeLoadPlanner(_WeightsOnlyBytes, WholeStateLoadPlanner):
     """Loads everything a checkpoint holds, without a template (DCP's ``dcp_to_torch_save`` planner)."""
 
 
@@ -206,7 +207,7 @@ def read_whole(folder: Path) -> dict[str, Any]:
     state: dict[str, Any] = {}
     # dcp.load keeps only the keys its argument had; DCP's own dcp_to_torch_save calls the inner loader.
     with _reading(folder):
-        _load_state_dict(state, storage_reader=SafeReader(str(folder)), planner=_SafeWholeLoadPlanner(), no_dist=True)
+        load_whole(state, storage_reader=SafeReader(str(folder)), planner=_SafeWholeLoadPlanner())
     return state
 
 
@@ -219,23 +220,25 @@ def _reading(folder: Path) -> Iterator[None]:
         cause = first_failure(error)
         if isinstance(cause, CheckpointError):
             raise cause from None
-        raise CheckpointError(f"checkpoint {folder} cannot be loaded ({one_line(cause)}); "
-                              f"move {folder} out of the way to resume from the checkpoint before it") from None
+        raise CheckpointError(f"checkpoint {literal(str(folder))} cannot be loaded ({literal(one_line(cause))}); "
+                              f"move {literal(str(folder))} out of the way to resume from the checkpoint before it"
+                              ) from None
 
 
 def check_compatible(saved: Any, current: Mapping[str, Any], *, folder: Path, allowed: tuple[str, ...] = ()) -> None:
     """Refuse a checkpoint whose saved fingerprint differs from ``current`` in a key not in ``allowed``."""
     if not isinstance(saved, Mapping):
-        raise CheckpointError(f"checkpoint {folder} does not record its configuration; start a new run directory")
+        raise CheckpointError(f"checkpoint {literal(str(folder))} does not record its configuration; "
+                              "start a new {k.run_dir}")
     changed = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
     refused = [key for key in changed if key not in allowed]
     if not refused:
         return
     details = ", ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in refused)
     raise CheckpointError(
-        f"checkpoint {folder} belongs to another configuration or layout ({details}); run with the same settings "
-        f"to resume, allow the change with train.allow_changes=[{','.join(refused)}], "
-        "or choose a new run directory (hydra.run.dir=...)"
+        f"checkpoint {literal(str(folder))} belongs to another configuration or layout ({literal(details)}); run with "
+        f"the same settings to resume, allow the change with {{k.allow_changes}}=[{literal(','.join(refused))}], "
+        "or choose a new run directory ({k.run_dir}=...)"
     )
 
 

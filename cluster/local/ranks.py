@@ -1,4 +1,4 @@
-"""Start a task function in N ranks on this machine through submitit's LocalExecutor, and wait for jobs.
+"""Start a task function as N ranks on this machine (submitit's LocalExecutor), and wait for a job.
 
 A task function never knows what started it: it reads its place with ``cluster.environment``.
 """
@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 
 import submitit
 
-from cluster.watchdog import exit_when_gone
+from cluster.local.watchdog import exit_when_gone
+from cluster.submitit_compat import failure_text
 
 R = TypeVar("R")
 POLL_S = 0.5
@@ -33,7 +34,7 @@ def launch_local(
 ) -> R:
     """Run ``fn(*args)`` in ``tasks`` processes on this machine and wait; ``on_poll`` runs while waiting.
 
-    Each rank stops itself when this process is gone (see ``cluster.watchdog``), so killing the
+    Each rank stops itself when this process is gone (see ``cluster.local.watchdog``), so killing the
     launcher kills the run, as it does with torchrun.
     """
     executor = submitit.LocalExecutor(folder=log_dir)
@@ -69,8 +70,7 @@ def _rank0_result(job: "submitit.Job[Any]") -> Any:
         task = job.task(index)
         error = task.exception()
         if error is not None:
-            # submitit's FailedJobError: the rank's traceback, a dashed line, then where the logs are.
-            text = str(error).split("\n----------------------\nYou can check")[0].strip()
+            text = failure_text(error)
             last = text.splitlines()[-1] if text else repr(error)
             failures.append(f"rank {index}: {last} (log: {task.paths.stderr})")
     if failures:

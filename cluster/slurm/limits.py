@@ -1,23 +1,18 @@
 """Check a job against the live cluster's limits before ``sbatch`` runs.
 
 ``scontrol`` answers in ``Key=Value`` lines (``-o``: one record per line); the parsers here are pure
-and tested on captured output, ``preflight`` is the one entry that asks the live cluster.
+and tested on captured output, ``check_against_cluster`` is the one entry that asks the live cluster.
 """
 
 import dataclasses
 import re
-import shutil
-import subprocess
 
-from cluster.hostlist import expand_hostlist
-from cluster.slurm import SlurmResources
+from cluster.errors import SettingError, literal
+from cluster.slurm.commands import scontrol
+from cluster.slurm.hostlist import expand_hostlist
+from cluster.slurm.resources import SlurmResources
 
 UNLIMITED = None
-TIMEOUT_S = 15  # a healthy controller answers in well under a second
-
-
-class SlurmUnavailableError(RuntimeError):
-    """Slurm is not installed here, or its controller does not answer."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,68 +86,42 @@ def parse_nodes(output: str) -> dict[str, Node]:
 
 
 def check_fits(resources: SlurmResources, partitions: list[Partition], nodes: dict[str, Node]) -> Partition:
-    """The partition the job goes to, or a ValueError naming the limit and the fix."""
+    """The partition the job goes to, or a SettingError naming the limit and the fix."""
     if resources.partition:
         chosen = next((p for p in partitions if p.name == resources.partition), None)
         if chosen is None:
             names = ", ".join(p.name for p in partitions) or "none"
-            raise ValueError(f"partition {resources.partition!r} does not exist (partitions: {names}); "
-                             "set cluster.partition=NAME")
+            raise SettingError(f"partition {literal(repr(resources.partition))} does not exist (partitions: "
+                               f"{literal(names)}); set {{k.partition}}=NAME")
     else:
         chosen = next((p for p in partitions if p.default), None)
         if chosen is None:
-            raise ValueError("the cluster has no default partition; set cluster.partition=NAME")
+            raise SettingError("the cluster has no default partition; set {k.partition}=NAME")
     if chosen.state != "UP":
-        raise ValueError(f"partition {chosen.name} is {chosen.state}; choose another with cluster.partition=NAME")
+        raise SettingError(f"partition {literal(chosen.name)} is {chosen.state}; choose another with {{k.partition}}=NAME")
     node_limit = min(n for n in (chosen.total_nodes, chosen.max_nodes) if n is not None)
     if resources.nodes > node_limit:
-        raise ValueError(f"cluster.nodes={resources.nodes} exceeds partition {chosen.name}'s {node_limit} nodes; "
-                         f"ask for at most {node_limit}")
+        raise SettingError(f"{{k.nodes}}={resources.nodes} exceeds partition {literal(chosen.name)}'s {node_limit} "
+                           f"nodes; ask for at most {node_limit}")
     if chosen.max_time_min is not None and resources.timeout_min > chosen.max_time_min:
-        raise ValueError(f"cluster.timeout_min={resources.timeout_min} exceeds partition {chosen.name}'s MaxTime of "
-                         f"{chosen.max_time_min} min; lower it, or pick a partition that allows it")
+        raise SettingError(f"{{k.timeout_min}}={resources.timeout_min} exceeds partition {literal(chosen.name)}'s "
+                           f"MaxTime of {chosen.max_time_min} min; lower it, or pick a partition that allows it")
     offered = [nodes[name] for name in chosen.nodes if name in nodes]
     wanted = resources.tasks_per_node * resources.cpus_per_task
     fitting = [n for n in offered if n.cpus >= wanted]
     if offered and len(fitting) < resources.nodes:
-        raise ValueError(f"cluster.tasks_per_node x cluster.cpus_per_task = {wanted} CPUs per node, but only "
-                         f"{len(fitting)} of partition {chosen.name}'s nodes have that many "
-                         f"(largest: {max(n.cpus for n in offered)}); use fewer tasks or CPUs per node")
+        raise SettingError(f"{{k.tasks_per_node}} x {{k.cpus_per_task}} = {wanted} CPUs per node, but only "
+                           f"{len(fitting)} of partition {literal(chosen.name)}'s nodes have that many "
+                           f"(largest: {max(n.cpus for n in offered)}); use fewer tasks or CPUs per node")
     with_gpus = [n for n in offered if n.gpus >= resources.gpus_per_node]
     if offered and len(with_gpus) < resources.nodes:
-        raise ValueError(f"cluster.gpus_per_node={resources.gpus_per_node}, but only {len(with_gpus)} of partition "
-                         f"{chosen.name}'s nodes have that many GPUs (most: {max(n.gpus for n in offered)}); "
-                         "pick a GPU partition with cluster.partition=NAME, or cluster.gpus_per_node=0")
+        raise SettingError(f"{{k.gpus_per_node}}={resources.gpus_per_node}, but only {len(with_gpus)} of partition "
+                           f"{literal(chosen.name)}'s nodes have that many GPUs (most: {max(n.gpus for n in offered)}); "
+                           "pick a GPU partition with {k.partition}=NAME, or {k.gpus_per_node}=0")
     return chosen
 
 
-def scontrol(*args: str) -> str:
-    """Run ``scontrol ARGS`` or raise SlurmUnavailableError with what to do."""
-    if shutil.which("scontrol") is None:
-        raise SlurmUnavailableError("Slurm is not installed here (no scontrol on PATH); submit from a login node "
-                                    "of your cluster, or start the local one: slurm/local-cluster up")
-    try:
-        done = subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise SlurmUnavailableError(f"the Slurm controller did not answer in {TIMEOUT_S} s; check `scontrol ping`, "
-                                    "or start the local cluster: slurm/local-cluster up") from None
-    if done.returncode != 0:
-        reason = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no message"]
-        raise SlurmUnavailableError(f"the Slurm controller is unreachable ({reason[0]}); check `scontrol ping`, "
-                                    "or start the local cluster: slurm/local-cluster up")
-    return done.stdout
-
-
-def max_array_size() -> int:
-    """The cluster's MaxArraySize: array task ids must stay below it (``scontrol show config``)."""
-    for line in scontrol("show", "config").splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "MaxArraySize":
-            return int(value.strip())
-    return 1001  # Slurm's default, for a controller that does not say
-
-
-def preflight(resources: SlurmResources) -> Partition:
+def check_against_cluster(resources: SlurmResources) -> Partition:
     """Check ``resources`` against the live cluster; returns the partition the job goes to."""
     return check_fits(resources, parse_partitions(scontrol("show", "partition", "-o")),
                       parse_nodes(scontrol("show", "node", "-o")))

@@ -1,6 +1,6 @@
 """``cluster=local`` sweeps: members run on this machine a few at a time, from a queue that outlives the command.
 
-The sweep command starts ``python -m cluster.local_queue SWEEP_DIR INDEX...`` in a session of its own
+The sweep command starts ``python -m cluster.sweep.local_queue SWEEP_DIR INDEX...`` in a session of its own
 and returns: the prompt comes back, and a closed terminal does not stop the sweep. The queue starts
 each member as a process of its own (``--member``), at most ``parallelism`` at once, in the
 manifest's order, and gives each running member its share of the CPUs (its ranks size their thread
@@ -24,8 +24,9 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
-from cluster.sweep import Manifest, Member
-from cluster.watchdog import exit_when_gone, process_alive
+from cluster.sweep.manifest import Manifest, Member
+from cluster.local.watchdog import exit_when_gone, process_alive
+from cluster.rundir import RunDir, write_atomically
 
 POLL_S = 0.5
 ENDED = {"COMPLETED", "FAILED", "CANCELLED"}
@@ -58,7 +59,7 @@ def state_path(sweep_dir: Path, index: int) -> Path:
 
 def member_log(sweep_dir: Path, index: int) -> Path:
     """What the member's own process printed (its ranks log under its run directory's logs/)."""
-    return sweep_dir / "logs" / f"local_{index}.log"
+    return RunDir(sweep_dir).logs / f"local_{index}.log"
 
 
 @contextlib.contextmanager
@@ -81,13 +82,11 @@ def read_state(sweep_dir: Path, index: int) -> QueueState | None:
 def write_state(sweep_dir: Path, index: int, state: QueueState) -> None:
     path = state_path(sweep_dir, index)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_text(json.dumps(dataclasses.asdict(state)))
-    temporary.replace(path)  # a reader sees the old state or the new one, never half of one
+    write_atomically(path, json.dumps(dataclasses.asdict(state)))
 
 
 def local_states(manifest: Manifest) -> dict[str, tuple[str, str]]:
-    """{member id: (state, elapsed)} as ``cluster.sweep_status`` takes them from Slurm.
+    """{member id: (state, elapsed)} as ``cluster.sweep.status`` takes them from Slurm.
 
     A member left PENDING or RUNNING by a queue that is gone (killed, the machine rebooted) is
     NODE_FAIL, as Slurm says of a job whose node died, unless it had finished: ``retry`` runs it again.
@@ -98,7 +97,7 @@ def local_states(manifest: Manifest) -> dict[str, tuple[str, str]]:
         if state is None:
             continue
         if state.state not in ENDED and not process_alive(state.queue_pid):
-            state.state = "COMPLETED" if Path(member.run_dir, "summary.json").is_file() else "NODE_FAIL"
+            state.state = "COMPLETED" if RunDir(Path(member.run_dir)).summary.is_file() else "NODE_FAIL"
         states[member.slurm_id] = (state.state, state.elapsed)
     return states
 
@@ -119,11 +118,11 @@ def cpu_shares(cpus: list[int], parallelism: int) -> list[list[int]]:
 def start_queue(manifest: Manifest, members: list[Member], *, parallelism: int) -> int:
     """Mark ``members`` PENDING and start a queue process for them; its pid. Returns at once."""
     sweep_dir = Path(manifest.sweep_dir)
-    log = sweep_dir / "logs" / "local_queue.log"
+    log = RunDir(sweep_dir).logs / "local_queue.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as output:
         queue = subprocess.Popen(
-            [sys.executable, "-m", "cluster.local_queue", f"--parallelism={parallelism}", str(sweep_dir),
+            [sys.executable, "-m", "cluster.sweep.local_queue", f"--parallelism={parallelism}", str(sweep_dir),
              *(str(m.index) for m in members)],
             stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     for member in members:  # the queue starts nothing before every one of them names it
@@ -167,7 +166,7 @@ def _start_member(sweep_dir: Path, index: int, cpus: list[int]) -> subprocess.Po
     log = member_log(sweep_dir, index)
     with open(log, "a") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cluster.local_queue", str(sweep_dir), f"--member={index}"],
+            [sys.executable, "-m", "cluster.sweep.local_queue", str(sweep_dir), f"--member={index}"],
             stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
             preexec_fn=lambda: os.sched_setaffinity(0, cpus))  # inherited by its ranks
     write_state(sweep_dir, index, QueueState(state="RUNNING", queue_pid=os.getpid(), pid=process.pid,
@@ -196,7 +195,7 @@ def cancel_members(manifest: Manifest, members: list[Member]) -> list[int]:
             state.state = "CANCELLED"
             write_state(sweep_dir, member.index, state)
             if was_running:
-                # Its ranks stop within a second when it is gone (cluster.watchdog); their last checkpoint stays.
+                # Its ranks stop within a second when it is gone (cluster.local.watchdog); their last checkpoint stays.
                 with contextlib.suppress(ProcessLookupError):  # it ended on its own meanwhile
                     os.kill(state.pid, signal.SIGTERM)
             cancelled.append(member.index)
@@ -220,7 +219,7 @@ def run_member(sweep_dir: Path, index: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cluster.local_queue", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m cluster.sweep.local_queue", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("indices", type=int, nargs="*", help="members to run, in this order")
     parser.add_argument("--parallelism", type=int, default=1, help="members running at once")

@@ -18,7 +18,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from cluster.checkpoint import (
+from cluster.runtime.checkpoint import (
     check_compatible,
     latest_checkpoint,
     read_marker,
@@ -26,8 +26,8 @@ from cluster.checkpoint import (
     remove_partials,
 )
 from cluster.environment import TaskEnvironment
-from cluster.rng import capture_rng_state, restore_rng_state
-from jobs.config import JobPlan
+from cluster.runtime.rng import capture_rng_state, restore_rng_state
+from jobs.plan import JobPlan
 
 
 @dataclasses.dataclass

@@ -7,20 +7,19 @@ import json
 import math
 from pathlib import Path
 
-from cluster.sweep import Manifest
-from cluster.sweep_status import read_curve
+from cluster.rundir import RunDir
+from cluster.sweep.manifest import Manifest
+from cluster.sweep.status import read_curve, varying_overrides
 
 COLUMNS = ("member", "overrides", "steps", "final_loss", "samples_per_s", "param_digest", "run_dir")
 
 
 def write_report(manifest: Manifest, *, metric: str, mode: str) -> str:
     """Write results.csv and loss_curves.png; return the table and the best member as text."""
-    from cluster.cli import varying_overrides  # the same labels as `status`
-
     labels = varying_overrides(manifest.members)
     rows, missing = [], []
     for member in manifest.members:
-        summary_path = Path(member.run_dir) / "summary.json"
+        summary_path = RunDir(Path(member.run_dir)).summary
         if not summary_path.is_file():
             missing.append(member.index)
             continue

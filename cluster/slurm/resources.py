@@ -1,0 +1,57 @@
+"""What one Slurm job asks for, validated: the settings every sbatch script and check is made from."""
+
+import dataclasses
+import re
+
+from cluster.errors import SettingError, literal, require_one_of, require_positive
+
+SIGNALS = ("USR1", "USR2", "TERM", "INT", "HUP", "QUIT", "ALRM")
+_FLAG = re.compile(r"^[a-z][a-z0-9_-]*$")  # an sbatch long option's name
+
+
+@dataclasses.dataclass(frozen=True)
+class SlurmResources:
+    """What one job asks Slurm for."""
+
+    nodes: int = 1  # nodes of the job
+    tasks_per_node: int = 0  # ranks per node; 0: one per GPU (gpus_per_node), or 1 without GPUs
+    gpus_per_node: int = 0  # GPUs per node (0: a CPU job, gloo)
+    cpus_per_task: int = 1  # CPU cores per rank
+    mem_gb: float = 0  # memory per node in GB (0: the partition's default)
+    timeout_min: int = 60  # wall-clock limit in minutes
+    partition: str = ""  # partition ("" : the cluster's default one)
+    account: str = ""  # account to charge ("" : your default)
+    qos: str = ""  # quality of service ("" : the default)
+    constraint: str = ""  # node features required, Slurm syntax ("gpu80g&ib")
+    exclude: str = ""  # nodes to avoid, a Slurm host list ("node[3-4]")
+    job_name: str = "clusterjobs"  # name shown by squeue and sacct
+    signal: str = "USR2"  # signal sent before the time limit and at preemption (USR1 may be NCCL's)
+    signal_lead_s: int = 120  # seconds before the end at which the signal comes
+    setup: tuple[str, ...] = ()  # shell lines run in the batch script before the ranks start
+    additional: tuple[tuple[str, str], ...] = ()  # further sbatch options as (flag, value), e.g. (("mail-type", "END"),)
+
+    def __post_init__(self) -> None:
+        if self.tasks_per_node == 0:
+            object.__setattr__(self, "tasks_per_node", self.gpus_per_node or 1)
+        require_positive(nodes=self.nodes, tasks_per_node=self.tasks_per_node, cpus_per_task=self.cpus_per_task,
+                         timeout_min=self.timeout_min)
+        if self.gpus_per_node < 0 or self.mem_gb < 0 or self.signal_lead_s < 0:
+            raise SettingError("{k.gpus_per_node}, {k.mem_gb} and {k.signal_lead_s} must not be negative; "
+                               "use 0 for none")
+        require_one_of("signal", self.signal, SIGNALS)
+        texts = [self.partition, self.account, self.qos, self.constraint, self.exclude, self.job_name,
+                 *self.setup, *(part for pair in self.additional for part in pair)]
+        for text in texts:
+            # A value is quoted on its #SBATCH line, but a line break would start a line of shell.
+            if any(ord(char) < 32 or ord(char) == 127 for char in text):
+                raise SettingError(f"Slurm setting {literal(repr(text))} holds a line break or control character; "
+                                   "remove it")
+        for flag, _ in self.additional:
+            if not _FLAG.match(flag):
+                raise SettingError(f"{{k.additional}} flag {literal(repr(flag))} is no sbatch option name "
+                                   "(like 'mail-type')")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.tasks_per_node
+

@@ -1,0 +1,72 @@
+"""Slurm jobs through submitit: the sbatch text a job renders to, and submission.
+
+The sbatch text comes from submitit's own pure ``_make_sbatch_string`` (``cluster.submitit_compat``),
+fed the very parameters the executor submits with, so a dry run shows exactly the script that
+``sbatch`` would get.
+"""
+
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from cluster.slurm.resources import SlurmResources
+from cluster.submitit_compat import executor_with_command, make_sbatch_string
+
+
+def sbatch_parameters(resources: SlurmResources) -> dict[str, Any]:
+    """The parameters of submitit's SlurmExecutor (and of its sbatch text) for ``resources``."""
+    r = resources
+    optional = {"partition": r.partition, "account": r.account, "qos": r.qos, "constraint": r.constraint,
+                "exclude": r.exclude, "gpus_per_node": r.gpus_per_node, "mem": f"{r.mem_gb:g}GB" if r.mem_gb else ""}
+    return {
+        "job_name": r.job_name,
+        "nodes": r.nodes,
+        "ntasks_per_node": r.tasks_per_node,
+        "cpus_per_task": r.cpus_per_task,
+        "time": r.timeout_min,
+        "signal_delay_s": r.signal_lead_s,
+        "setup": list(r.setup),
+        # submitit writes --signal=USR2@delay; an explicit value names the configured signal.
+        "additional_parameters": {"signal": f"{r.signal}@{r.signal_lead_s}", **dict(r.additional)},
+        **{key: value for key, value in optional.items() if value},
+    }
+
+
+def task_command(folder: Path, python: str = sys.executable) -> str:
+    """The line each task runs: submitit's runner behind our early signal handlers (``cluster.slurm.task_runner``)."""
+    return f"{shlex.quote(python)} -u -m cluster.slurm.task_runner {shlex.quote(str(folder))}"
+
+
+def render_sbatch(resources: SlurmResources, *, folder: Path, python: str = sys.executable,
+                  array_size: int | None = None, array_parallelism: int = 256) -> str:
+    """The batch script for ``resources`` with logs in ``folder``: pure, and what ``submit`` sends.
+
+    ``array_size`` renders a job array of that many tasks, at most ``array_parallelism`` at once.
+    """
+    array = {"map_count": array_size, "array_parallelism": array_parallelism} if array_size else {}
+    return make_sbatch_string(command=task_command(folder, python), folder=folder,
+                              **sbatch_parameters(resources), **array)
+
+
+def _executor(folder: Path) -> submitit.SlurmExecutor:
+    return executor_with_command(task_command(folder, sys.executable), folder)
+
+
+def submit(fn: Callable[..., Any], *args: Any, resources: SlurmResources, folder: Path) -> "submitit.Job[Any]":
+    """Submit ``fn(*args)`` as one job with every task running it; returns at once."""
+    executor = _executor(folder)
+    executor.update_parameters(**sbatch_parameters(resources))
+    return executor.submit(fn, *args)
+
+
+def submit_array(fn: Callable[..., Any], arg_lists: list[tuple[Any, ...]], *, resources: SlurmResources,
+                 folder: Path, parallelism: int) -> list["submitit.Job[Any]"]:
+    """Submit ``fn(*args)`` for every ``args`` as one job array (one ``sbatch``), at most ``parallelism``
+    tasks running at once; every array task is a job of ``resources`` (several nodes if asked)."""
+    executor = _executor(folder)
+    executor.update_parameters(**sbatch_parameters(resources), array_parallelism=parallelism)
+    return executor.map_array(fn, *zip(*arg_lists))

@@ -1,0 +1,33 @@
+"""What a checkpoint must match to be resumed: the settings that change the numbers, flattened to
+``group.field`` keys (the keys ``train.allow_changes`` names)."""
+
+import dataclasses
+import json
+from typing import Any
+
+from jobs.settings import DataConfig, ModelConfig, OptimConfig, StrategyConfig, TrainConfig
+
+# Settings that may change between runs of one training: where the data lies and how it is read, and
+# how gradients are bucketed. train.steps and the log/checkpoint cadence are left out (train longer).
+_IGNORED = {"data": {"root", "download", "num_workers"}, "strategy": {"bucket_cap_mb"}}
+
+
+def fingerprint_config(model: ModelConfig, data: DataConfig, optim: OptimConfig, strategy: StrategyConfig,
+                       train: TrainConfig) -> dict[str, Any]:
+    """The settings a checkpoint must match to be resumed, flattened (``optim.lr``: 0.05, ...)."""
+    groups = {"model": model, "data": data, "optim": optim, "strategy": strategy}
+    relevant: dict[str, Any] = {
+        group: {k: v for k, v in dataclasses.asdict(settings).items() if k not in _IGNORED.get(group, ())}
+        for group, settings in groups.items()}
+    relevant["train"] = {"global_batch_size": train.global_batch_size, "seed": train.seed}
+    return _flatten(json.loads(json.dumps(relevant)))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,152 @@
+"""A composed config becomes a ``JobPlan``: every setting typed and checked, and the job's parallel layout.
+
+``plan_from_config`` is the one place where omegaconf turns into plain objects; everything after it
+(launching, the ranks, the loop) sees dataclasses only.
+"""
+
+import dataclasses
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cluster.parallel_dims import ParallelDims
+from cluster.requeue import RequeueBudget
+from cluster.slurm.resources import SlurmResources
+from jobs.fingerprint import fingerprint_config
+from jobs.settings import (
+    ClusterConfig,
+    DataConfig,
+    DistributedConfig,
+    ModelConfig,
+    OptimConfig,
+    Requeue,
+    SlurmCluster,
+    StrategyConfig,
+    TrainConfig,
+)
+
+
+def stage_layers(cfg: ModelConfig) -> int | None:
+    """How many layers ``jobs.models`` builds for ``cfg`` as a flat sequence (pipeline cut points), or
+    None for a model that is not one (mlp, resnet18). ``tests/ranks/test_parallel.py`` holds the two together."""
+    if cfg.name == "transformer":
+        return cfg.depth + 2  # embedding, blocks, head
+    if cfg.name == "cnn":
+        return 3 * len(cfg.channels) + 3  # conv, relu, pool per block; pool, flatten, linear
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class JobPlan:
+    """Everything a rank needs, validated as a whole."""
+
+    model: ModelConfig
+    data: DataConfig
+    optim: OptimConfig
+    strategy: StrategyConfig
+    cluster: ClusterConfig  # where ranks run (cluster=slurm: its name, wait and dry_run; resources in ``slurm``)
+    distributed: DistributedConfig
+    train: TrainConfig
+    requeue: RequeueBudget = RequeueBudget()  # how often the job may come back, per cause
+    slurm: SlurmResources | None = None  # the job's resources when cluster=slurm
+
+    @property
+    def world_size(self) -> int | None:
+        """Ranks the launcher will start; None for cluster=inline, whose ranks exist already."""
+        if self.slurm is not None:
+            return self.slurm.world_size
+        return {"local": self.cluster.tasks_per_node, "debug": 1}.get(self.cluster.name)
+
+    def check_world(self, world_size: int) -> ParallelDims:
+        """The split of ``world_size`` ranks this plan asks for; raises unless it fits."""
+        strategy = self.strategy
+        if strategy.name == "single" and world_size != 1:
+            raise ValueError(
+                f"strategy=single trains on one rank, but the job has {world_size}; "
+                "use strategy=ddp, or cluster.tasks_per_node=1"
+            )
+        if strategy.name == "pipeline" and strategy.pp != world_size:
+            raise ValueError(
+                f"strategy=pipeline puts one stage per rank, so strategy.pp={strategy.pp} must equal the job's "
+                f"{world_size} ranks; set strategy.pp={world_size}, or use strategy=hybrid for replicas of the pipeline"
+            )
+        pp = strategy.pp if strategy.pipelined else 1
+        return ParallelDims(
+            world_size=world_size, dp=max(1, world_size // pp), pp=pp,
+            microbatches=strategy.microbatches if strategy.pipelined else 1,
+            stages_per_rank=strategy.stages_per_rank if strategy.pipelined else 1,
+            layers=stage_layers(self.model), global_batch_size=self.train.global_batch_size,
+        )
+
+    @property
+    def stop_signal(self) -> str:
+        """The warning signal the ranks listen for (besides SIGTERM)."""
+        return self.slurm.signal if self.slurm is not None else "USR2"  # submitit's local controller sends USR2
+
+    @property
+    def signal_lead_s(self) -> float:
+        """Seconds between the warning signal and the end of the allocation."""
+        return self.slurm.signal_lead_s if self.slurm is not None else self.cluster.signal_lead_s
+
+    def fingerprint(self, world_size: int) -> dict[str, Any]:
+        """``fingerprint_config`` plus the parallel layout: what a checkpoint must match to be resumed."""
+        return {**self.fingerprint_config(), "layout.world_size": world_size}
+
+    def fingerprint_config(self) -> dict[str, Any]:
+        """The settings a checkpoint must match (``jobs.fingerprint``); the number of ranks is in ``fingerprint``."""
+        return fingerprint_config(self.model, self.data, self.optim, self.strategy, self.train)
+
+
+def plan_from_config(cfg: DictConfig) -> JobPlan:
+    """Turn a composed config into a validated plan; bad values raise ValueError with the key and the fix.
+
+    Composition (Hydra, against the schemas in ``jobs.settings``) already checked every value's type.
+    """
+    try:
+        tree = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as error:
+        raise ValueError(config_message(error)) from None
+    assert isinstance(tree, dict)
+    return plan_from_tree(tree)
+
+
+def plan_from_tree(tree: dict[str, Any]) -> JobPlan:
+    """``plan_from_config`` of a composed config already made plain (a sweep's members, ``hydra_plugins``)."""
+
+    def section(group: str) -> dict[str, Any]:
+        values = tree.get(group)
+        if not isinstance(values, dict):
+            raise ValueError(f"the config has no '{group}' section; select one with {group}=NAME")
+        return values
+
+    def build(cls: Any, group: str) -> Any:
+        try:
+            return cls(**section(group))
+        except TypeError as error:  # a key the schema does not have (``+train.epochs=3``)
+            unknown = str(error).rpartition("argument ")[2].strip("'")
+            known = ", ".join(field.name for field in dataclasses.fields(cls))
+            raise ValueError(f"unknown setting {group}.{unknown}; {group} takes: {known}") from None
+
+    cluster, slurm = section("cluster"), None
+    if cluster.get("name") == "slurm":
+        settings = build(SlurmCluster, "cluster")
+        slurm = settings.resources()
+        where = ClusterConfig(name="slurm", wait=settings.wait, dry_run=settings.dry_run)
+    else:
+        where = build(ClusterConfig, "cluster")
+    return JobPlan(model=build(ModelConfig, "model"), data=build(DataConfig, "data"), optim=build(OptimConfig, "optim"),
+                   strategy=build(StrategyConfig, "strategy"), cluster=where,
+                   distributed=build(DistributedConfig, "distributed"), train=build(TrainConfig, "train"),
+                   requeue=build(Requeue, "requeue"), slurm=slurm)
+
+
+def config_message(error: OmegaConfBaseException) -> str:
+    """OmegaConf's complaint as one line with the key and the fix."""
+    key = getattr(error, "full_key", "") or "?"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "Missing mandatory value" in first:
+        return f"{key} is not set; add {key}=VALUE"
+    if "could not be converted" in first or "Invalid type" in first:
+        return f"{key}: {first}; set {key}=<a value of that type>"
+    return f"{key}: {first}"

@@ -1,0 +1,263 @@
+"""Every setting of the built-in trainer: its default and its one-line doc, in one place.
+
+Each dataclass is the schema of one config group (``model``, ``data``, ...), registered with Hydra's
+ConfigStore, so OmegaConf checks types as a config is composed; ``conf/*.yaml`` only choose options
+and override values. ``__post_init__`` checks what types cannot say, with the config key and the fix.
+"""
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from cluster.errors import SettingError, require_one_of, require_positive
+from cluster.requeue import RequeueBudget
+from cluster.slurm.resources import SlurmResources
+
+MODELS = ("mlp", "cnn", "resnet18", "transformer")
+DATASETS = ("synthetic", "mnist", "cifar10", "fake")
+STRATEGIES = ("ddp", "fsdp", "single", "pipeline", "hybrid")
+SCHEDULES_PP = ("gpipe", "1f1b", "interleaved")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "cosine")
+CLUSTERS = ("local", "debug", "inline", "slurm")
+
+
+@contextlib.contextmanager
+def config_keys(group: str) -> Iterator[None]:
+    """The library's checks (``cluster.errors``) name settings by field; here they are ``group.field``."""
+    try:
+        yield
+    except SettingError as error:
+        raise ValueError(error.phrase(lambda name: f"{group}.{name}")) from None
+
+
+def _tuples(obj: Any, *names: str) -> None:
+    """Sequences come from the config as lists: make them the tuples the fields are."""
+    for name in names:
+        setattr(obj, name, tuple(getattr(obj, name)))
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    name: str = MISSING  # architecture: mlp, cnn, resnet18 or transformer
+    hidden: int = 128  # mlp: width of the hidden layer (128 is the seed article's SimpleModel)
+    channels: tuple[int, ...] = (32, 64)  # cnn: output channels of each conv block
+    dim: int = 64  # transformer: token embedding width
+    depth: int = 4  # transformer: number of decoder blocks (pipeline stages split these)
+    heads: int = 4  # transformer: attention heads; must divide dim
+
+    def __post_init__(self) -> None:
+        _tuples(self, "channels")
+        with config_keys("model"):
+            require_one_of("name", self.name, MODELS)
+            require_positive(hidden=self.hidden, dim=self.dim, depth=self.depth, heads=self.heads)
+        if not self.channels or min(self.channels) <= 0:
+            raise ValueError(f"model.channels must be positive numbers, got {list(self.channels)}")
+        if self.dim % self.heads:
+            raise ValueError(f"model.dim={self.dim} is not divisible by model.heads={self.heads}; change one of them")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    name: str = MISSING  # dataset: synthetic, mnist, cifar10 or fake (torchvision FakeData)
+    root: str = "data"  # mnist/cifar10: folder holding torchvision's on-disk layout
+    download: bool = False  # mnist/cifar10: fetch missing files from the internet (off: fail and say what is missing)
+    verify_md5: bool = True  # cifar10: check torchvision's checksums (off for subsets or repacked copies)
+    num_samples: int = 8192  # synthetic/fake: number of samples
+    image_shape: tuple[int, ...] = (1, 28, 28)  # synthetic/fake: shape of one sample (channels, height, width)
+    num_classes: int = 10  # synthetic/fake: number of labels
+    noise: float = 15.0  # synthetic: noise around each class prototype, relative to it (higher is harder)
+    seed: int = 1234  # synthetic/fake: seed of the data itself, separate from train.seed
+    num_workers: int = 0  # DataLoader worker processes per rank
+
+    def __post_init__(self) -> None:
+        _tuples(self, "image_shape")
+        with config_keys("data"):
+            require_one_of("name", self.name, DATASETS)
+            require_positive(num_samples=self.num_samples, num_classes=self.num_classes)
+        if len(self.image_shape) != 3 or min(self.image_shape) <= 0:
+            raise ValueError(f"data.image_shape must be [channels, height, width], got {list(self.image_shape)}")
+        if self.noise < 0 or self.num_workers < 0:
+            raise ValueError("data.noise and data.num_workers must not be negative")
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    name: str = MISSING  # optimizer: sgd or adamw
+    lr: float = MISSING  # peak learning rate
+    momentum: float = 0.0  # sgd: momentum factor
+    weight_decay: float = 0.0  # L2 (sgd) or decoupled (adamw) weight decay
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw: moment decay rates
+    schedule: str = "constant"  # learning-rate schedule after warm-up: constant or cosine (to 0 at train.steps)
+    warmup_steps: int = 0  # optimizer steps of linear warm-up from 0 to lr
+
+    def __post_init__(self) -> None:
+        _tuples(self, "betas")
+        with config_keys("optim"):
+            require_one_of("name", self.name, OPTIMIZERS)
+            require_one_of("schedule", self.schedule, SCHEDULES)
+            require_positive(lr=self.lr)
+        if self.warmup_steps < 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("optim.warmup_steps and optim.weight_decay must be >= 0, optim.momentum in [0, 1)")
+
+
+@dataclasses.dataclass
+class StrategyConfig:
+    name: str = MISSING  # how the model is spread over ranks: ddp, fsdp (FSDP2 shards), single, pipeline or hybrid
+    bucket_cap_mb: float = 25.0  # ddp/hybrid: gradient bucket size for the all-reduce, in MB
+    pp: int = 1  # pipeline/hybrid: ranks per pipeline (keep it <= tasks per node: stages inside a node)
+    microbatches: int = 1  # pipeline/hybrid: micro-batches per step and replica (>= stages)
+    schedule: str = "1f1b"  # pipeline/hybrid: gpipe, 1f1b or interleaved (several stages per rank)
+    stages_per_rank: int = 1  # pipeline/hybrid: stages each pipeline rank holds (interleaved: >= 2)
+    replicate: str = "ddp"  # hybrid: how each stage is replicated over its dp peers: ddp or fsdp
+
+    def __post_init__(self) -> None:
+        with config_keys("strategy"):
+            require_one_of("name", self.name, STRATEGIES)
+            require_one_of("schedule", self.schedule, SCHEDULES_PP)
+            require_one_of("replicate", self.replicate, ("ddp", "fsdp"))
+            require_positive(bucket_cap_mb=self.bucket_cap_mb, pp=self.pp, microbatches=self.microbatches,
+                             stages_per_rank=self.stages_per_rank)
+        if (self.schedule == "interleaved") != (self.stages_per_rank > 1):
+            raise ValueError(f"strategy.schedule={self.schedule} with strategy.stages_per_rank={self.stages_per_rank}: "
+                             "the interleaved schedule is the one for several stages per rank; "
+                             "use schedule=interleaved with stages_per_rank>=2, or stages_per_rank=1 otherwise")
+
+    @property
+    def pipelined(self) -> bool:
+        return self.name in ("pipeline", "hybrid")
+
+
+@dataclasses.dataclass
+class ClusterConfig:
+    name: str = MISSING  # where ranks run: local (N processes here), debug (this process), inline (already started)
+    tasks_per_node: int = 1  # local: number of ranks to start
+    timeout_min: float = 60.0  # local: wall-clock limit of the run, in minutes
+    wait: bool = False  # slurm only (see SlurmCluster)
+    dry_run: bool = False  # slurm only (see SlurmCluster)
+    signal_lead_s: int = 30  # local: seconds before timeout_min at which ranks get USR2 (rehearses a time limit)
+
+    def __post_init__(self) -> None:
+        with config_keys("cluster"):
+            require_one_of("name", self.name, CLUSTERS)
+            require_positive(tasks_per_node=self.tasks_per_node, timeout_min=self.timeout_min)
+        if self.signal_lead_s < 0:
+            raise ValueError("cluster.signal_lead_s must not be negative; use 0 for a signal at the timeout itself")
+
+
+@dataclasses.dataclass(frozen=True)
+class SlurmCluster(SlurmResources):
+    """``cluster=slurm``: the job's resources (``SlurmResources``, whose fields and docs these are) and how the
+    command behaves; ``plan_from_config`` makes the resources from it."""
+
+    name: str = "slurm"  # where ranks run: one Slurm job, every task a rank
+    additional: dict[str, str] = dataclasses.field(default_factory=dict)  # further sbatch options ({mail-type: END})
+    wait: bool = False  # stay until the job ends and print its summary (default: return at once)
+    dry_run: bool = False  # print the sbatch script and the rank layout, submit nothing
+
+    def __post_init__(self) -> None:
+        pass  # checked as the SlurmResources made from it (jobs.plan)
+
+    def resources(self) -> SlurmResources:
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(SlurmResources)}
+        with config_keys("cluster"):
+            return SlurmResources(**{**values, "setup": tuple(self.setup),
+                                     "additional": tuple(sorted(self.additional.items()))})
+
+
+@dataclasses.dataclass
+class DistributedConfig:
+    backend: str = "auto"  # process-group backend: auto (nccl with a GPU, gloo otherwise), gloo or nccl
+    timeout_s: float = 600.0  # how long a collective waits for the other ranks before failing
+
+    def __post_init__(self) -> None:
+        with config_keys("distributed"):
+            require_one_of("backend", self.backend, ("auto", "gloo", "nccl"))
+            require_positive(timeout_s=self.timeout_s)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int = 400  # optimizer steps in total (a resumed run continues up to this count)
+    global_batch_size: int = 128  # samples per optimizer step, summed over all data-parallel ranks
+    seed: int = 0  # seed of model init and of the per-epoch shuffling
+    log_every_steps: int = 20  # optimizer steps between two metrics records
+    checkpoint_every_steps: int = 100  # optimizer steps between two checkpoints (one is also written at the end)
+    keep_checkpoints: int = 3  # newest complete checkpoints kept on disk
+    async_checkpoint: bool = True  # write checkpoints in the background while training goes on (one at a time)
+    allow_changes: tuple[str, ...] = ()  # fingerprint keys a resume may change ([optim.lr, layout.world_size])
+
+    def __post_init__(self) -> None:
+        _tuples(self, "allow_changes")
+        with config_keys("train"):
+            require_positive(steps=self.steps, global_batch_size=self.global_batch_size,
+                             log_every_steps=self.log_every_steps, checkpoint_every_steps=self.checkpoint_every_steps,
+                             keep_checkpoints=self.keep_checkpoints)
+
+
+@dataclasses.dataclass(frozen=True)
+class Requeue(RequeueBudget):
+    """``requeue.*``: how often a stopped or failed job comes back, per cause (fields: ``RequeueBudget``)."""
+
+    def __post_init__(self) -> None:
+        with config_keys("requeue"):
+            super().__post_init__()
+
+
+@dataclasses.dataclass
+class TrainJobConfig:
+    """The whole config of ``python -m jobs.train``: one field per group (``cluster``'s schema is its option's)."""
+
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    optim: OptimConfig = MISSING
+    strategy: StrategyConfig = MISSING
+    cluster: Any = MISSING
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    requeue: Requeue = dataclasses.field(default_factory=Requeue)
+
+
+@dataclasses.dataclass
+class SweepSettings:
+    """The sweep launcher's settings (``hydra.launcher.*``, for ``-m``)."""
+
+    array_parallelism: int = 64  # array tasks of one sweep running at once (Slurm's %N)
+    max_array_size: int = 0  # tasks per array at most (the cluster's MaxArraySize always holds); 0: that limit
+    local_parallelism: int = 1  # cluster=local members running at once; they share this machine's CPUs
+    wait: bool = False  # stay until every member has ended (default: return once submitted)
+
+    def __post_init__(self) -> None:
+        if self.array_parallelism < 1 or self.local_parallelism < 1 or self.max_array_size < 0:
+            raise ValueError("hydra.launcher.array_parallelism and hydra.launcher.local_parallelism must be >= 1, "
+                             "hydra.launcher.max_array_size >= 0 (0: the cluster's MaxArraySize)")
+
+
+def schema(cls: type) -> DictConfig:
+    """``cls`` as a schema that config files may fill in: OmegaConf makes the nodes of a frozen dataclass
+    (the library's ``SlurmResources`` and ``RequeueBudget``, which ours extend) read-only, and no YAML could
+    set them."""
+    node = OmegaConf.structured(cls)
+    nodes = [node]
+    while nodes:
+        current = nodes.pop()
+        OmegaConf.set_readonly(current, None)  # inherit: writable
+        nodes.extend(current[key] for key in current
+                     if not OmegaConf.is_missing(current, key) and isinstance(current[key], DictConfig))
+    return node
+
+
+def register() -> None:
+    """Put the schemas where ``conf/`` finds them: ``train_job`` (named first in ``conf/train.yaml``'s defaults)
+    and ``schema/cluster/{local,slurm}`` (named by ``conf/cluster/*.yaml``)."""
+    store = ConfigStore.instance()
+    store.store(name="train_job", node=schema(TrainJobConfig), provider="clusterjobs")
+    store.store(group="schema/cluster", name="local", node=schema(ClusterConfig), provider="clusterjobs")
+    store.store(group="schema/cluster", name="slurm", node=schema(SlurmCluster), provider="clusterjobs")
+
+
+register()

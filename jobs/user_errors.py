@@ -1,0 +1,54 @@
+"""What a user of ``python -m jobs.train`` is told when their input cannot work: one line, the fix in
+config keys, exit code 2 (1 for a run that failed), no traceback.
+
+The library names settings by its own names (``cluster.errors``: ``partition``, ``pp``, ``run_dir``);
+``CONFIG_KEYS`` says which config key each of them is in this trainer.
+"""
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+from cluster.environment import HalfSetEnvironmentError
+from cluster.errors import ClusterError
+from cluster.local.ranks import TaskFailedError
+from cluster.slurm.resources import SlurmResources
+
+CONFIG_KEYS: dict[str, str] = {
+    **{field: f"cluster.{field}" for field in SlurmResources.__dataclass_fields__},
+    "run_dir": "hydra.run.dir",
+    "allow_changes": "train.allow_changes",
+    "global_batch_size": "train.global_batch_size",
+    "pp": "strategy.pp",
+    "microbatches": "strategy.microbatches",
+    "stages_per_rank": "strategy.stages_per_rank",
+    "model": "model=transformer or model=cnn",
+    "depth": "model.depth",
+    "backend": "distributed.backend",
+    **{budget: f"requeue.{budget}" for budget in ("preemption", "time_limit", "failure")},
+}
+
+# Errors that mean "fix your input": one line and exit code 2.
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, ClusterError, HalfSetEnvironmentError)
+
+
+def config_key(name: str) -> str:
+    """The config key of a setting the library names ``name``."""
+    return CONFIG_KEYS.get(name, name)
+
+
+def describe(error: BaseException) -> str:
+    """The error's message, with the library's setting names spelled as config keys."""
+    return error.phrase(config_key) if isinstance(error, ClusterError) else str(error)
+
+
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    try:
+        yield
+    except USER_ERRORS as error:
+        print(f"error: {describe(error)}", file=sys.stderr)
+        sys.exit(2)
+    except TaskFailedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
