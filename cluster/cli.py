@@ -10,24 +10,22 @@ import json
 import math
 import os
 import sys
-import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from cluster.rundir import RunDir
 from cluster.slurm import commands
 from cluster.sweep.arrays import submit_members
-from cluster.sweep.local_queue import cancel_members, member_log, start_queue
+from cluster.sweep.local_queue import cancel_members, start_queue
 from cluster.sweep.manifest import Manifest, Member, NotASweepError, find_manifest
-from cluster.sweep.status import ACTIVE, ENDED_BADLY, MemberStatus, sweep_status, varying_overrides
-
-ALL_DONE, SOME_FAILED, USAGE, STILL_RUNNING = 0, 1, 2, 3
-
-
-def exit_code(statuses: list[MemberStatus]) -> int:
-    states = {s.state for s in statuses}
-    if states & ACTIVE:
-        return STILL_RUNNING
-    return ALL_DONE if states == {"COMPLETED"} else SOME_FAILED
+from cluster.sweep.status import (
+    ENDED_BADLY,
+    STILL_RUNNING,
+    USAGE,
+    exit_code,
+    member_logs,
+    sweep_status,
+    varying_overrides,
+)
 
 
 def status(args: argparse.Namespace) -> int:
@@ -54,7 +52,7 @@ def status(args: argparse.Namespace) -> int:
     return exit_code(statuses)
 
 
-def _print_table(rows: list[tuple[str, ...]]) -> None:
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -67,18 +65,6 @@ def _members(manifest: Manifest, indices: list[int]) -> list[Member]:
         raise NotASweepError(f"no member {', '.join(map(str, missing))} in {manifest.sweep_dir}; it has members "
                              f"{min(by_index)}..{max(by_index)}")
     return [by_index[i] for i in indices] if indices else manifest.members
-
-
-def member_logs(manifest: Manifest, member: Member, rank: int) -> list[Path]:
-    """Where a member's rank writes: submitit's files in the sweep's logs/ on Slurm. A local member's ranks
-    write under its run directory (its newest attempt), after what the member's own process printed."""
-    if manifest.kind != "local":
-        return [manifest.log_dir / f"{member.slurm_id}_{rank}_log.{kind}" for kind in ("out", "err")]
-    own = [member_log(Path(manifest.sweep_dir), member.index)] if rank == 0 else []
-    logs = RunDir(Path(member.run_dir)).logs
-    newest = sorted(logs.glob(f"*_{rank}_log.out"), key=lambda log: log.stat().st_mtime)
-    name = newest[-1].name.removesuffix(".out") if newest else f"JOB_{rank}_log"
-    return own + [logs / f"{name}.{kind}" for kind in ("out", "err")]
 
 
 def logs(args: argparse.Namespace) -> int:
@@ -139,23 +125,6 @@ def collect(args: argparse.Namespace) -> int:
     report = write_report(manifest, metric=args.metric, mode=args.mode)
     print(report)
     return 0
-
-
-def wait_for_sweep(sweep_dir: Path) -> int:
-    """Follow a sweep until no member is queued; prints each change of the counts. The status exit code."""
-    manifest = find_manifest(sweep_dir)
-    poll_s = 1.0 if manifest.kind == "local" else 10.0  # Slurm's tools are not to be asked every second
-    last = None
-    while True:
-        statuses, _ = sweep_status(manifest)
-        counts = dict(sorted(collections.Counter(s.state for s in statuses).items()))
-        if counts != last:
-            print(", ".join(f"{n} {state}" for state, n in counts.items()), flush=True)
-            last = counts
-        code = exit_code(statuses)
-        if code != STILL_RUNNING:
-            return code
-        time.sleep(poll_s)
 
 
 def parser() -> argparse.ArgumentParser:

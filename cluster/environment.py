@@ -9,8 +9,7 @@ it saw instead of guessing. Nothing here writes ``os.environ``.
 import dataclasses
 import hashlib
 import os
-from collections.abc import Mapping
-from typing import Callable
+from collections.abc import Callable, Mapping
 
 from cluster.slurm.hostlist import expand_hostlist
 

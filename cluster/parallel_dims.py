@@ -60,7 +60,8 @@ class ParallelDims:
         return divmod(rank, self.pp)
 
     def stages_of(self, pp_index: int) -> list[int]:
-        """The stages a pipeline rank holds: stage s lives on pp rank s % pp (looped, as interleaved schedules expect)."""
+        """The stages a pipeline rank holds: stage s lives on pp rank s % pp (looped, as interleaved schedules
+        expect)."""
         return [pp_index + round_ * self.pp for round_ in range(self.stages_per_rank)]
 
     def dp_peers(self, rank: int) -> list[int]:

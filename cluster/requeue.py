@@ -119,7 +119,7 @@ def restart_number(env: TaskEnvironment, events: Sequence[Mapping[str, Any]]) ->
     return len({e.get("restart") for e in events if e.get("event") == "started" and e.get("job") == env.job_id})
 
 
-def unexplained_end(events: Sequence[Mapping[str, Any]], job: str, restart: int) -> dict[str, Any] | None:
+def unexplained_end(events: Sequence[Mapping[str, Any]], job: str, restart: int) -> Mapping[str, Any] | None:
     """The previous run's last event when that run ended without saying why (a lost node, a SIGKILL)."""
     previous = [e for e in events if e.get("job") == job and e.get("restart") == restart - 1]
     if not previous:

@@ -36,7 +36,7 @@ def executor_with_command(command: str, folder: Path) -> submitit.SlurmExecutor:
 def run_pickled_job(folder: str) -> None:
     """What ``python -m submitit.core._submit FOLDER`` does, without submitit's signal handlers: ours only
     set a flag (``cluster.warning_signals``), where submitit's would checkpoint and requeue inside the handler."""
-    job_environment.JobEnvironment._handle_signals = lambda self, paths, delayed: None  # type: ignore[method-assign]
+    job_environment.JobEnvironment._handle_signals = lambda self, paths, submission: None  # type: ignore[method-assign]
     submission.process_job(folder)
 
 

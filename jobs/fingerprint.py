@@ -15,7 +15,7 @@ _IGNORED = {"data": {"root", "download", "num_workers"}, "strategy": {"bucket_ca
 def fingerprint_config(model: ModelConfig, data: DataConfig, optim: OptimConfig, strategy: StrategyConfig,
                        train: TrainConfig) -> dict[str, Any]:
     """The settings a checkpoint must match to be resumed, flattened (``optim.lr``: 0.05, ...)."""
-    groups = {"model": model, "data": data, "optim": optim, "strategy": strategy}
+    groups: dict[str, Any] = {"model": model, "data": data, "optim": optim, "strategy": strategy}
     relevant: dict[str, Any] = {
         group: {k: v for k, v in dataclasses.asdict(settings).items() if k not in _IGNORED.get(group, ())}
         for group, settings in groups.items()}

@@ -16,21 +16,22 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from cluster.runtime.checkpoint import latest_checkpoint
-from cluster.runtime.checkpoint_writer import CheckpointWriter
 from cluster.environment import TaskEnvironment
 from cluster.rundir import RunDir, write_json
+from cluster.runtime.checkpoint import latest_checkpoint
+from cluster.runtime.checkpoint_writer import CheckpointWriter
 from cluster.runtime.rng import seed_everything
 from cluster.runtime.supervisor import Supervisor
-from jobs.train_state import Trainee, checkpoint_meta, checkpoint_state, resume
-from jobs.plan import JobPlan
 from jobs.data import build_dataset
 from jobs.metrics import MetricsLog, ProgressLine
 from jobs.models import build_model
 from jobs.optim import build_optimizer, build_scheduler
 from jobs.parallelize import parallelize
 from jobs.pipeline import gather_places, gather_state, pipeline_step
+from jobs.plan import JobPlan
 from jobs.strategies import unwrap
+from jobs.train_state import Trainee, checkpoint_meta, checkpoint_state, resume
+
 
 class SkipFirst(Sampler[int]):
     """The first ``skip`` indices of an epoch left out: a resumed run's place inside its epoch,
@@ -101,7 +102,7 @@ def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Pa
 
     # The ranks of one pipeline share a replica's batch (the first stage reads the inputs, the last the targets).
     per_rank_batch = cfg.global_batch_size // dims.dp
-    sampler = DistributedSampler(data.dataset, num_replicas=dims.dp, rank=dp_index,
+    sampler: DistributedSampler = DistributedSampler(data.dataset, num_replicas=dims.dp, rank=dp_index,
                                  shuffle=True, seed=cfg.seed, drop_last=True)
     steps_per_epoch = len(sampler) // per_rank_batch
     if steps_per_epoch == 0:
@@ -116,8 +117,9 @@ def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Pa
     while trainee.step < cfg.steps:
         epoch, offset = divmod(trainee.step, steps_per_epoch)
         sampler.set_epoch(epoch)
-        loader = DataLoader(data.dataset, batch_size=per_rank_batch, sampler=SkipFirst(sampler, offset * per_rank_batch),
-                            drop_last=True, num_workers=plan.data.num_workers)
+        loader = DataLoader(data.dataset, batch_size=per_rank_batch,
+                            sampler=SkipFirst(sampler, offset * per_rank_batch), drop_last=True,
+                            num_workers=plan.data.num_workers)
         for inputs, targets in loader:
             loss = _step(trainee, inputs.to(device), targets.to(device))
             interval_steps += 1

@@ -87,7 +87,8 @@ def _transformer(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int) -> 
     """A small decoder stack as a flat sequence (embedding, blocks..., head), so stages can be cut."""
     channels, height, width = shape
     blocks = [DecoderBlock(cfg.dim, cfg.heads) for _ in range(cfg.depth)]
-    return nn.Sequential(PatchEmbedding(channels, height, width, cfg.dim), *blocks, ClassifierHead(cfg.dim, num_classes))
+    return nn.Sequential(PatchEmbedding(channels, height, width, cfg.dim), *blocks,
+                         ClassifierHead(cfg.dim, num_classes))
 
 
 def build_model(cfg: ModelConfig, *, sample_shape: tuple[int, ...], num_classes: int) -> nn.Module:

@@ -79,9 +79,9 @@ def apply_pipeline(model: nn.Module, dims: ParallelDims, *, rank: int, mesh: Dev
     microbatch = torch.zeros(dims.global_batch_size // (dims.dp * dims.microbatches), *sample_shape)
     boundaries = stage_boundaries(all_stages, microbatch)
     mine = dims.stages_of(pp_index)
-    runners = []
+    runners: list[PipelineStage] = []
     for index in mine:
-        stage = all_stages[index].to(device)
+        stage: nn.Module = all_stages[index].to(device)
         if dims.dp > 1 and replicate == "fsdp":
             stage = apply_fsdp(stage, mesh=mesh["dp"])
         elif dims.dp > 1:
@@ -93,8 +93,9 @@ def apply_pipeline(model: nn.Module, dims: ParallelDims, *, rank: int, mesh: Dev
                                      input_args=boundaries[index].to(device),
                                      output_args=boundaries[index + 1].to(device)))
     loss_fn = nn.functional.cross_entropy  # a mean per micro-batch; the schedule averages over them
+    driver: object
     if schedule == "interleaved":
-        driver = ScheduleInterleaved1F1B(runners, n_microbatches=dims.microbatches, loss_fn=loss_fn)
+        driver = ScheduleInterleaved1F1B(runners, n_microbatches=dims.microbatches, loss_fn=loss_fn)  # type: ignore[arg-type]
     else:
         driver = SCHEDULES[schedule](runners[0], n_microbatches=dims.microbatches, loss_fn=loss_fn)
     local = nn.Sequential(collections.OrderedDict(

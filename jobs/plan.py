@@ -108,7 +108,7 @@ def plan_from_config(cfg: DictConfig) -> JobPlan:
     except OmegaConfBaseException as error:
         raise ValueError(config_message(error)) from None
     assert isinstance(tree, dict)
-    return plan_from_tree(tree)
+    return plan_from_tree({str(key): value for key, value in tree.items()})
 
 
 def plan_from_tree(tree: dict[str, Any]) -> JobPlan:

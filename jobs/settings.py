@@ -155,7 +155,7 @@ class SlurmCluster(SlurmResources):
     command behaves; ``plan_from_config`` makes the resources from it."""
 
     name: str = "slurm"  # where ranks run: one Slurm job, every task a rank
-    additional: dict[str, str] = dataclasses.field(default_factory=dict)  # further sbatch options ({mail-type: END})
+    additional: dict[str, str] = dataclasses.field(default_factory=dict)  # type: ignore[assignment]  # further sbatch options ({mail-type: END})
     wait: bool = False  # stay until the job ends and print its summary (default: return at once)
     dry_run: bool = False  # print the sbatch script and the rank layout, submit nothing
 

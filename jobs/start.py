@@ -4,8 +4,8 @@ rank 0's summary. Checks that can fail run here, before any rank starts."""
 import contextlib
 import glob
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from cluster import rundir

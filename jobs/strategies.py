@@ -1,8 +1,8 @@
 """Parallel strategies as plain functions: each takes a model and returns the module to train."""
 
 import torch
-from torch import nn
 import torch.distributed as dist
+from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import fully_shard  # public since torch 2.6, the oldest we support
 from torch.nn.parallel import DistributedDataParallel

@@ -18,6 +18,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from cluster.environment import TaskEnvironment
 from cluster.runtime.checkpoint import (
     check_compatible,
     latest_checkpoint,
@@ -25,7 +26,6 @@ from cluster.runtime.checkpoint import (
     read_state,
     remove_partials,
 )
-from cluster.environment import TaskEnvironment
 from cluster.runtime.rng import capture_rng_state, restore_rng_state
 from jobs.plan import JobPlan
 

@@ -125,7 +125,8 @@ def _fsync_dir(folder: Path) -> None:
 def read_marker(folder: Path) -> dict[str, Any]:
     """The marker of a checkpoint, after checking that every file it lists is whole."""
     where = literal(str(folder))
-    hint = f"move {where} out of the way to resume from the checkpoint before it, or start a new run directory ({{k.run_dir}}=...)"
+    hint = (f"move {where} out of the way to resume from the checkpoint before it, or start a new run directory "
+            "({k.run_dir}=...)")
     try:
         marker = json.loads((folder / MARKER).read_text())
         sizes = marker["files"]

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from cluster.errors import one_line
 from cluster.runtime.checkpoint import (
     partial_dir,
     prune_checkpoints,
@@ -24,7 +25,6 @@ from cluster.runtime.checkpoint import (
     step_dir,
     write_state,
 )
-from cluster.errors import one_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +49,8 @@ def stage(value: Any, reuse: Any = None) -> Any:
             return reuse.copy_(value.detach())
         return value.detach().to("cpu", copy=True)
     if isinstance(value, Mapping):
-        old = reuse if isinstance(reuse, Mapping) else {}
-        return {key: stage(item, old.get(key)) for key, item in value.items()}
+        before: Mapping[Any, Any] = reuse if isinstance(reuse, Mapping) else {}
+        return {key: stage(item, before.get(key)) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         old = reuse if isinstance(reuse, (list, tuple)) and len(reuse) == len(value) else [None] * len(value)
         return type(value)(stage(item, previous) for item, previous in zip(value, old))
@@ -65,7 +65,9 @@ class CheckpointWriter:
         self.root, self.rank, self.keep, self.background = root, rank, keep, background
         self.on_done = on_done  # called on every rank when a save ends (events, warnings)
         # DCP's plan exchange runs on a group of its own, so a background save never races training's collectives.
-        self.group = dist.new_group(backend="gloo")
+        group = dist.new_group(backend="gloo")
+        assert isinstance(group, dist.ProcessGroup)  # every rank is a member
+        self.group: dist.ProcessGroup = group
         # A daemon thread, not an executor: a rank that must exit (a dead peer) is not held by a stuck save.
         self._thread: threading.Thread | None = None
         self._outcome: list[SaveResult] = []

@@ -91,7 +91,7 @@ def expand_array_ids(job_id: str) -> list[str]:
     if not match:
         return [job_id]
     array, spec = match.group(1), match.group(2).split("%")[0]
-    tasks = []
+    tasks: list[int] = []
     for part in spec.split(","):
         first, _, last = part.partition("-")
         tasks.extend(range(int(first), int(last or first) + 1))

@@ -24,7 +24,9 @@ def expand_hostlist(hostlist: str) -> list[str]:
 
 def _split_top_level(hostlist: str) -> list[str]:
     """Split on commas that are not inside brackets."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in hostlist:
         if char == "[":
             depth += 1

@@ -98,7 +98,8 @@ def check_fits(resources: SlurmResources, partitions: list[Partition], nodes: di
         if chosen is None:
             raise SettingError("the cluster has no default partition; set {k.partition}=NAME")
     if chosen.state != "UP":
-        raise SettingError(f"partition {literal(chosen.name)} is {chosen.state}; choose another with {{k.partition}}=NAME")
+        raise SettingError(f"partition {literal(chosen.name)} is {chosen.state}; "
+                           "choose another with {k.partition}=NAME")
     node_limit = min(n for n in (chosen.total_nodes, chosen.max_nodes) if n is not None)
     if resources.nodes > node_limit:
         raise SettingError(f"{{k.nodes}}={resources.nodes} exceeds partition {literal(chosen.name)}'s {node_limit} "
@@ -116,7 +117,8 @@ def check_fits(resources: SlurmResources, partitions: list[Partition], nodes: di
     with_gpus = [n for n in offered if n.gpus >= resources.gpus_per_node]
     if offered and len(with_gpus) < resources.nodes:
         raise SettingError(f"{{k.gpus_per_node}}={resources.gpus_per_node}, but only {len(with_gpus)} of partition "
-                           f"{literal(chosen.name)}'s nodes have that many GPUs (most: {max(n.gpus for n in offered)}); "
+                           f"{literal(chosen.name)}'s nodes have that many GPUs "
+                           f"(most: {max(n.gpus for n in offered)}); "
                            "pick a GPU partition with {k.partition}=NAME, or {k.gpus_per_node}=0")
     return chosen
 

@@ -28,7 +28,7 @@ class SlurmResources:
     signal: str = "USR2"  # signal sent before the time limit and at preemption (USR1 may be NCCL's)
     signal_lead_s: int = 120  # seconds before the end at which the signal comes
     setup: tuple[str, ...] = ()  # shell lines run in the batch script before the ranks start
-    additional: tuple[tuple[str, str], ...] = ()  # further sbatch options as (flag, value), e.g. (("mail-type", "END"),)
+    additional: tuple[tuple[str, str], ...] = ()  # further sbatch options, (flag, value) pairs: (("mail-type", "END"),)
 
     def __post_init__(self) -> None:
         if self.tasks_per_node == 0:

@@ -24,9 +24,9 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
-from cluster.sweep.manifest import Manifest, Member
 from cluster.local.watchdog import exit_when_gone, process_alive
 from cluster.rundir import RunDir, write_atomically
+from cluster.sweep.manifest import Manifest, Member
 
 POLL_S = 0.5
 ENDED = {"COMPLETED", "FAILED", "CANCELLED"}
@@ -147,7 +147,8 @@ def run_queue(sweep_dir: Path, indices: list[int], *, parallelism: int) -> None:
         while pending and free:
             index = pending.popleft()
             with state_lock(sweep_dir):  # a cancel now waits until the member is RUNNING, then stops it
-                if read_state(sweep_dir, index).state == "PENDING":  # not cancelled while it waited
+                state = read_state(sweep_dir, index)
+                if state is not None and state.state == "PENDING":  # not cancelled while it waited
                     running[index] = (_start_member(sweep_dir, index, free[0]), free.popleft())
         time.sleep(POLL_S)
 
@@ -177,6 +178,7 @@ def _start_member(sweep_dir: Path, index: int, cpus: list[int]) -> subprocess.Po
 def _finish(sweep_dir: Path, index: int, exit_code: int) -> None:
     with state_lock(sweep_dir):
         state = read_state(sweep_dir, index)
+        assert state is not None, f"member {index} has no queue state"  # written before it started
         if state.state != "CANCELLED":  # a cancel has the last word over the exit it caused
             state.state = "COMPLETED" if exit_code == 0 else "FAILED"
         state.ended_at, state.exit_code = time.time(), exit_code

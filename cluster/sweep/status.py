@@ -6,16 +6,20 @@ knows the jobs that are pending or running, and a member that has left the queue
 directory: a summary means COMPLETED, a final ``failed`` event FAILED, a ``cancelled`` stop CANCELLED.
 """
 
+import collections
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
 from cluster.rundir import RunDir, read_events, read_jsonl
 from cluster.slurm.commands import job_states
 from cluster.sweep.local_queue import SOURCE as LOCAL_SOURCE
-from cluster.sweep.local_queue import local_states
-from cluster.sweep.manifest import Manifest, Member
+from cluster.sweep.local_queue import local_states, member_log
+from cluster.sweep.manifest import Manifest, Member, find_manifest
 
+# python -m cluster's exit codes (and hydra.launcher.wait's)
+ALL_DONE, SOME_FAILED, USAGE, STILL_RUNNING = 0, 1, 2, 3
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
           "REQUEUE_FED", "STAGE_OUT", "SIGNALING"}
 ENDED_BADLY = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
@@ -93,3 +97,39 @@ def varying_overrides(members: list[Member]) -> dict[int, str]:
     """Each member's overrides without those every member shares (the sweep's fixed part): its label."""
     shared = set.intersection(*(set(m.overrides) for m in members)) if len(members) > 1 else set()
     return {m.index: " ".join(o for o in m.overrides if o not in shared) for m in members}
+
+
+def exit_code(statuses: list[MemberStatus]) -> int:
+    states = {s.state for s in statuses}
+    if states & ACTIVE:
+        return STILL_RUNNING
+    return ALL_DONE if states == {"COMPLETED"} else SOME_FAILED
+
+
+def member_logs(manifest: Manifest, member: Member, rank: int) -> list[Path]:
+    """Where a member's rank writes: submitit's files in the sweep's logs/ on Slurm. A local member's ranks
+    write under its run directory (its newest attempt), after what the member's own process printed."""
+    if manifest.kind != "local":
+        return [manifest.log_dir / f"{member.slurm_id}_{rank}_log.{kind}" for kind in ("out", "err")]
+    own = [member_log(Path(manifest.sweep_dir), member.index)] if rank == 0 else []
+    logs = RunDir(Path(member.run_dir)).logs
+    newest = sorted(logs.glob(f"*_{rank}_log.out"), key=lambda log: log.stat().st_mtime)
+    name = newest[-1].name.removesuffix(".out") if newest else f"JOB_{rank}_log"
+    return own + [logs / f"{name}.{kind}" for kind in ("out", "err")]
+
+
+def follow(sweep_dir: Path) -> int:
+    """Follow a sweep until no member is queued; prints each change of the counts. The status exit code."""
+    manifest = find_manifest(sweep_dir)
+    poll_s = 1.0 if manifest.kind == "local" else 10.0  # Slurm's tools are not to be asked every second
+    last = None
+    while True:
+        statuses, _ = sweep_status(manifest)
+        counts = dict(sorted(collections.Counter(s.state for s in statuses).items()))
+        if counts != last:
+            print(", ".join(f"{n} {state}" for state, n in counts.items()), flush=True)
+            last = counts
+        code = exit_code(statuses)
+        if code != STILL_RUNNING:
+            return code
+        time.sleep(poll_s)

@@ -8,7 +8,6 @@ submitit launcher it returns once they are submitted (hydra#2479).
 
 import copy
 import dataclasses
-import functools
 import re
 import sys
 from collections.abc import Sequence
@@ -64,8 +63,9 @@ class ClusterjobsLauncher(Launcher):
             members = self._plan_all(job_overrides, initial_job_idx)
             manifest = launch_sweep(members, Path(str(self.config.hydra.sweep.dir)), options)
             if options.wait:
-                from cluster.cli import wait_for_sweep
-                sys.exit(wait_for_sweep(Path(manifest.sweep_dir)))
+                from cluster.sweep.status import follow
+
+                sys.exit(follow(Path(manifest.sweep_dir)))
         return [JobReturn(overrides=p.member.overrides, status=JobStatus.COMPLETED, _return_value=p.member.slurm_id,
                           working_dir=p.member.run_dir) for p in members]
 
@@ -112,29 +112,28 @@ class MemberComposer:
         self.composed: dict[tuple[str, ...], Composition] = {}
         self.parsed: dict[str, Override] = {}
         self.plain_keys: dict[str, Override] = {}  # key -> the first plain ``key=value`` parsed
+        self.groups: dict[str, bool] = {}  # key -> whether it names a config group
 
     def member(self, index: int, overrides: list[str]) -> tuple[dict[str, Any], Path]:
         """The member's task config (no ``hydra`` node) as a plain, resolved container, and its run directory."""
         parsed = [self._parse(line) for line in overrides]
         by_value = [o for o in parsed if not o.is_hydra_override() and not self._is_group(o.key_or_group)]
-        composition = self._composition(tuple(o.input_line for o in parsed if o not in by_value))
+        composition = self._composition(tuple(str(o.input_line) for o in parsed if o not in by_value))
         run_dir = self._run_dir(composition, index, parsed)
         if composition.plain is not None and all(composition.is_plain_change(o) for o in by_value):
-            return _with_values(composition.plain, {o.key_or_group: composition.converted(o) for o in by_value}), run_dir
+            values = {o.key_or_group: composition.converted(o) for o in by_value}
+            return _with_values(composition.plain, values), run_dir
         task = copy.deepcopy(composition.task)
         apply_overrides(by_value, task)
-        tree = OmegaConf.to_container(task, resolve=True, throw_on_missing=True)
-        assert isinstance(tree, dict)
-        return tree, run_dir
+        return _plain(OmegaConf.to_container(task, resolve=True, throw_on_missing=True)), run_dir
 
     def _composition(self, base: tuple[str, ...]) -> "Composition":
         """The composition of the groups ``base`` picks, made the first time it is asked for."""
         if base not in self.composed:
             config = self.loader.load_sweep_config(self.config, list(base))
-            task = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+            task = OmegaConf.masked_copy(config, [str(key) for key in config if key != "hydra"])
             OmegaConf.set_struct(task, True)
-            plain = OmegaConf.to_container(task, resolve=False)
-            assert isinstance(plain, dict)
+            plain = _plain(OmegaConf.to_container(task, resolve=False))
             self.composed[base] = Composition(config.hydra, task, None if _has_interpolation(plain) else plain)
         return self.composed[base]
 
@@ -169,9 +168,10 @@ class MemberComposer:
         number = int(text) if _INT.fullmatch(text) else float(text)
         return dataclasses.replace(self.plain_keys[match["key"]], _value=number, input_line=line)
 
-    @functools.cache
-    def _is_group(self, key: str) -> bool:  # a look on disk: once per key
-        return group_exists(self.loader, key)
+    def _is_group(self, key: str) -> bool:
+        if key not in self.groups:  # a look on disk: once per key
+            self.groups[key] = group_exists(self.loader, key)
+        return self.groups[key]
 
 
 class Composition:
@@ -211,6 +211,12 @@ _INT = re.compile(r"[+-]?(0|[1-9][0-9]*)")
 _KEY_NUMBER = re.compile(r"(?P<key>[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*)="
                          r"(?P<number>[+-]?((0|[1-9][0-9]*)|[0-9]*\.[0-9]+([eE][+-]?[0-9]+)?"
                          r"|[0-9]+\.[0-9]*([eE][+-]?[0-9]+)?|[0-9]+[eE][+-]?[0-9]+))")
+
+
+def _plain(container: Any) -> dict[str, Any]:
+    """A config's top level as a plain dict with string keys (its groups)."""
+    assert isinstance(container, dict)
+    return {str(key): value for key, value in container.items()}
 
 
 def _has_interpolation(tree: Any) -> bool:

@@ -39,9 +39,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from jobs.config import DataConfig  # noqa: E402  (the repository, run as a script)
 from jobs.data import build_dataset  # noqa: E402
 from jobs.models import SimpleModel  # noqa: E402  (the seed article's, 784-128-10)
+from jobs.settings import DataConfig  # noqa: E402  (the repository, run as a script)
 from tests.gloo_ranks import spawn_gloo_ranks  # noqa: E402  (the article's setup and cleanup, around mp.spawn)
 
 WORLD_SIZE, PER_RANK_BATCH = 2, 64

@@ -29,7 +29,6 @@ from torch.distributed.pipelining import PipelineStage
 
 from cluster.parallel_dims import ParallelDims
 from cluster.runtime.rng import seed_everything
-from jobs.config import ModelConfig, stage_layers
 from jobs.models import build_model
 from jobs.pipeline import (
     SCHEDULES,
@@ -38,6 +37,8 @@ from jobs.pipeline import (
     split_stages,
     stage_boundaries,
 )
+from jobs.plan import stage_layers
+from jobs.settings import ModelConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's tests/, run as a script
 from tests.gloo_ranks import spawn_gloo_ranks  # noqa: E402

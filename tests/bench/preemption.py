@@ -37,9 +37,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from jobs.config import DataConfig  # noqa: E402  (the repository, run as a script)
 from jobs.data import build_dataset  # noqa: E402
 from jobs.models import SimpleModel  # noqa: E402
+from jobs.settings import DataConfig  # noqa: E402  (the repository, run as a script)
 
 STEPS, PER_RANK_BATCH = 3000, 64
 

@@ -6,7 +6,7 @@ import torch.distributed as dist
 
 from cluster.environment import SINGLE_PROCESS
 from cluster.runtime.process_group import process_group, resolve_backend
-from tests.conftest import read_summary, run_train
+from tests.helpers import read_summary, run_train
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
 

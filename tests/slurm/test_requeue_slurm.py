@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cluster.rundir import read_events
-from tests.conftest import read_summary, run_train
+from tests.helpers import REPO, read_summary, run_train
 
 pytestmark = [pytest.mark.slow]
 # 2 ranks, ~130 steps/s on the local cluster: long enough to interrupt, short enough to wait for.
@@ -83,7 +83,8 @@ def wait_finished(job_id: str, run_dir: Path, *, timeout: float) -> dict:
 def rank_pids(run_dir: Path) -> dict[int, int]:
     """rank -> pid of the training processes of a job whose logs are in ``run_dir``."""
     found = {}
-    out = subprocess.run(["pgrep", "-f", f"(submitit.core._submit|cluster.slurm.task_runner) {run_dir}"], capture_output=True, text=True).stdout
+    pattern = f"(submitit.core._submit|cluster.slurm.task_runner) {run_dir}"
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
     for pid in map(int, out.split()):
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -129,7 +130,7 @@ def test_preemption_by_the_high_partition_at_a_random_step(tmp_path, reference):
     command = [os.sys.executable, "-m", "jobs.train", *TWO_NODES, "cluster.tasks_per_node=1", *RUN, "cluster.wait=true",
                f"cluster.job_name={name}", f"hydra.run.dir={tmp_path}"]
     # The submitting side waits (cluster.wait=true): a requeue must not look like the end to it.
-    waiting = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE,
+    waiting = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     at = random.Random().randint(600, 2400)
     print(f"preempting at step {at}")
@@ -231,7 +232,7 @@ def test_local_executor_rehearses_preemption(tmp_path, reference, cpu_only_env):
     """The same protocol under submitit's local executor: USR2 to one rank, at a random step."""
     local = ("cluster=local", "cluster.tasks_per_node=2")
     command = [os.sys.executable, "-m", "jobs.train", *local, *RUN, f"hydra.run.dir={tmp_path}"]
-    repo = Path(__file__).resolve().parent.parent
+    repo = REPO
     with subprocess.Popen(command, cwd=repo, env=cpu_only_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True) as launcher:
         at = random.Random().randint(600, 2400)
@@ -253,7 +254,7 @@ def test_job_over_its_budget_ends_with_the_reason(tmp_path, cpu_only_env):
     # signal_lead_s=0: no save can fit between the warning and the end, which the run must say
     command = [os.sys.executable, "-m", "jobs.train", "cluster=local", "cluster.tasks_per_node=2", *RUN,
                "requeue.preemption=0", "cluster.signal_lead_s=0", f"hydra.run.dir={tmp_path}"]
-    repo = Path(__file__).resolve().parent.parent
+    repo = REPO
     with subprocess.Popen(command, cwd=repo, env=cpu_only_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True) as launcher:
         wait_until(lambda: last_step(tmp_path) >= 600, timeout=120, what="step 600")
@@ -267,4 +268,5 @@ def test_job_over_its_budget_ends_with_the_reason(tmp_path, cpu_only_env):
     assert (tmp_path / "checkpoints" / f"step-{step:06d}").is_dir()  # the work is saved all the same
     assert not (tmp_path / "summary.json").exists()
     warning = events_named(tmp_path, "warning")[0]["reason"]
-    assert "longer than the 0 s between the warning signal and the end" in warning and "raise cluster.signal_lead_s" in warning
+    assert "longer than the 0 s between the warning signal and the end" in warning
+    assert "raise cluster.signal_lead_s" in warning

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.slurm.limits import max_array_size
-from cluster.sweep.status import parse_states
-from tests.conftest import REPO, cli, read_manifest, run_sweep, wait_done
+from cluster.slurm.commands import max_array_size, parse_states
+from tests.helpers import REPO, cli, read_manifest, run_sweep, wait_done
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 # Eleven learning rates that train and one that diverges (its loss turns nan: FAILED, never retried by itself).

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.conftest import run_train
+from tests.helpers import run_train
 
 SHORT = ("train.steps=10", "train.global_batch_size=32", "train.checkpoint_every_steps=5")
 

@@ -6,19 +6,21 @@ import inspect
 import pytest
 from hydra import compose, initialize_config_dir
 
-from cluster.slurm.sbatch import SlurmResources
-from jobs.config import (
+from cluster.requeue import RequeueBudget
+from cluster.slurm.resources import SlurmResources
+from jobs.plan import JobPlan, plan_from_config
+from jobs.settings import (
     ClusterConfig,
     DataConfig,
     DistributedConfig,
-    JobPlan,
     ModelConfig,
     OptimConfig,
+    SlurmCluster,
     StrategyConfig,
+    SweepSettings,
     TrainConfig,
-    plan_from_config,
 )
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def plan(*overrides: str) -> JobPlan:
@@ -51,10 +53,9 @@ def test_overrides_reach_typed_fields():
     ("train.steps=-3", "train.steps must be positive"),
     ("train.global_batch_size=0", "train.global_batch_size must be positive"),
     ("cluster.tasks_per_node=0", "cluster.tasks_per_node must be positive"),
-    ("train.steps=ten", "train.steps must be a whole number"),
     ("optim.lr=-1", "optim.lr must be positive"),
     ("optim.schedule=linear", "unknown optim.schedule 'linear'"),
-    ("+train.epochs=3", "unknown setting train.epochs"),
+    ("+train.epochs=3", "unknown setting train.epochs; train takes: steps, global_batch_size"),
     ("model=transformer model.heads=3", "not divisible by model.heads=3"),
     ("distributed.backend=mpi", "unknown distributed.backend"),
 ])
@@ -63,13 +64,29 @@ def test_bad_values_raise_with_the_field_and_a_fix(override, message):
         plan(*override.split())
 
 
+@pytest.mark.parametrize("override, message", [
+    ("train.steps=ten", "Value 'ten' of type 'str' could not be converted to Integer"),
+    ("cluster=slurm cluster.timeout_min=1.5", "Value '1.5' of type 'float' could not be converted to Integer"),
+    ("optim.lr=[1,2]", "could not be converted to Float"),
+    ("cluster=local cluster.partition=gpu", "Key 'partition' not in 'ClusterConfig'"),
+])
+def test_values_of_the_wrong_type_are_refused_by_the_schema_as_the_config_is_composed(override, message):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as refused:
+        plan(*override.split())
+    assert message in str(refused.value.__cause__)
+
+
 def test_slurm_group_becomes_resources_with_tasks_following_gpus():
-    p = plan("cluster=slurm", "cluster.nodes=2", "cluster.gpus_per_node=4", "+cluster.additional.mail-type=END")
+    p = plan("cluster=slurm", "cluster.nodes=2", "cluster.gpus_per_node=4", "+cluster.additional.mail-type=END",
+             "cluster.setup=[module load cuda]")
     assert p.slurm is not None and (p.slurm.nodes, p.slurm.tasks_per_node, p.world_size) == (2, 4, 8)
-    assert p.slurm.additional == (("mail-type", "END"),) and p.cluster.dry_run is False
+    assert p.slurm.additional == (("mail-type", "END"),) and p.slurm.setup == ("module load cuda",)
+    assert p.cluster.dry_run is False
     assert plan("cluster=slurm").slurm.tasks_per_node == 1
-    with pytest.raises(ValueError, match="cluster.setup must be a list of strings"):
-        plan("cluster=slurm", "cluster.setup=[1]")
+    with pytest.raises(ValueError, match="cluster.additional flag .MailType. is no sbatch option name"):
+        plan("cluster=slurm", "+cluster.additional.MailType=END")
 
 
 def test_world_size_checks_name_both_factors():
@@ -87,10 +104,10 @@ def test_fingerprint_ignores_length_and_cadence_but_not_the_maths():
     assert plan("train.seed=1").fingerprint_config() != base
 
 
-@pytest.mark.parametrize("cls", [ModelConfig, DataConfig, OptimConfig, StrategyConfig, ClusterConfig,
-                                 DistributedConfig, TrainConfig, SlurmResources])
+@pytest.mark.parametrize("cls", [ModelConfig, DataConfig, OptimConfig, StrategyConfig, ClusterConfig, SlurmCluster,
+                                 DistributedConfig, TrainConfig, SlurmResources, RequeueBudget, SweepSettings])
 def test_every_field_has_a_one_line_doc_in_the_source(cls):
-    source = inspect.getsource(cls).splitlines()
-    for field in dataclasses.fields(cls):
-        line = next(line for line in source if line.strip().startswith(f"{field.name}:"))
+    sources = [inspect.getsource(base).splitlines() for base in cls.__mro__ if dataclasses.is_dataclass(base)]
+    for field in dataclasses.fields(cls):  # its doc is where it is defined: the class or a base it extends
+        line = next(line for source in sources for line in source if line.strip().startswith(f"{field.name}:"))
         assert "  # " in line, f"{cls.__name__}.{field.name} has no doc comment"

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import REPO, final_model, read_summary, run_train
+from tests.helpers import REPO, final_model, read_summary, run_train
 
 pytestmark = pytest.mark.slow
 SHORT = ("train.steps=20", "train.global_batch_size=64", "train.log_every_steps=5", "train.checkpoint_every_steps=10")
@@ -53,8 +53,8 @@ def test_fsdp_resumes_exactly_from_its_sharded_checkpoint(tmp_path):
 
 
 def build_initial_mlp() -> dict[str, torch.Tensor]:
-    from jobs.config import ModelConfig
     from jobs.models import build_model
+    from jobs.settings import ModelConfig
 
     torch.manual_seed(0)
     return build_model(ModelConfig(name="mlp"), sample_shape=(1, 28, 28), num_classes=10).state_dict()

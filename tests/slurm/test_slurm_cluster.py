@@ -12,8 +12,9 @@ import torch.distributed as dist
 
 from cluster.environment import detect_environment
 from cluster.runtime.process_group import process_group
-from cluster.slurm.sbatch import SlurmResources, render_sbatch, submit
-from tests.conftest import read_summary, run_train, squeue_ids
+from cluster.slurm.resources import SlurmResources
+from cluster.slurm.sbatch import render_sbatch, submit
+from tests.helpers import read_summary, run_train, squeue_ids
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 SHORT = ("train.steps=30", "train.global_batch_size=64", "train.log_every_steps=10", "train.checkpoint_every_steps=10")

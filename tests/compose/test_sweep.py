@@ -7,9 +7,10 @@ from types import SimpleNamespace
 import pytest
 
 from cluster.cli import main
+from cluster.slurm.commands import expand_array_ids, parse_states
 from cluster.sweep.manifest import Manifest, Member, array_chunks, find_manifest
-from cluster.sweep.status import expand_array_ids, from_run_dir, parse_states
-from tests.conftest import REPO
+from cluster.sweep.status import from_run_dir
+from tests.helpers import REPO
 
 
 def test_arrays_are_cut_below_max_array_size():
@@ -52,7 +53,7 @@ def sweep(tmp_path) -> Manifest:
         write_run(run_dir, losses=losses, summary=done, failed=failed)
         members.append(Member(index=index, overrides=["cluster=slurm", f"optim.lr={lr}"], run_dir=str(run_dir),
                               steps=20, job_id="", task_id=index))
-    manifest = Manifest(sweep_dir=str(tmp_path), launcher="slurm", created_at="2026-01-01T00:00:00", members=members)
+    manifest = Manifest(sweep_dir=str(tmp_path), kind="slurm", created_at="2026-01-01T00:00:00", members=members)
     manifest.write()
     return manifest
 
@@ -119,11 +120,13 @@ def composer_and_hydra(tmp_path_factory):
 
 @pytest.mark.parametrize("overrides", [
     ["train.seed=3"], ["train.seed=4"], ["train.seed=-12"], ["optim.lr=1e-3"], ["optim.lr=.5"], ["optim.lr=5."],
-    ["train.seed='12'"], ["train.seed=007"], ["train.seed=1_000"], ["optim.lr=inf"], ["data=mnist", "data.download=true"],
+    ["train.seed='12'"], ["train.seed=007"], ["train.seed=1_000"], ["optim.lr=inf"],
+    ["data=mnist", "data.download=true"],
     ["model=cnn", "optim.lr=0.1"], ["model=cnn", "optim.lr=0.2", "train.seed=5"],
     ["cluster=slurm", "cluster.partition=high", "cluster.timeout_min=7"],
-    ["+train.note=hello"], ["~optim.weight_decay"], ["train.seed=5", "+train.same_seed=${train.seed}"],
-    ["optim=adamw", "optim.betas=[0.8,0.9]", "optim.lr=3e-4"], ["optim=adamw", "optim.betas=[0.8,0.9]"], ["model.hidden=null"],
+    ["+train.note=hello"], ["train.seed=5", "+train.same_seed=${train.seed}"],
+    ["optim=adamw", "optim.betas=[0.8,0.9]", "optim.lr=3e-4"], ["optim=adamw", "optim.betas=[0.8,0.9]"],
+    ["optim.lr=1"], ["data.noise=2"], ["train.async_checkpoint=false"],
 ])
 def test_a_members_config_is_what_hydras_own_launchers_compose(composer_and_hydra, overrides):
     composer, hydras = composer_and_hydra
@@ -138,3 +141,17 @@ def _leaves(tree):
     if isinstance(tree, dict):
         return [leaf for key in sorted(tree) for leaf in _leaves(tree[key])]
     return [leaf for item in tree for leaf in _leaves(item)] if isinstance(tree, list) else [tree]
+
+
+@pytest.mark.parametrize("overrides", [["model.hidden=null"], ["train.seed=abc"], ["optim.lr=[1,2]"],
+                                       ["~optim.weight_decay"]])
+def test_a_member_the_schema_refuses_is_refused_as_hydra_refuses_it(composer_and_hydra, overrides):
+    """Values written into the plain copy go through the same node conversion a composition does."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    composer, hydras = composer_and_hydra
+    with pytest.raises((HydraException, OmegaConfBaseException)):
+        hydras(overrides)
+    with pytest.raises((HydraException, OmegaConfBaseException)):
+        composer.member(3, overrides)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
-from cluster import stop_signal
-from cluster.runtime.stop_vote import StopFlag, StopVote
+from cluster.runtime import stop_vote
+from cluster.runtime.stop_vote import StopVote
+from cluster.warning_signals import StopFlag
 from tests.gloo_ranks import spawn_gloo_ranks
 
 # A busy machine stretches a 2 ms step to ~10 ms: still ~10 steps between votes, twice the margin asked below.
@@ -19,8 +20,8 @@ STEP_S, INTERVAL_S, SIGNAL_AT, STEPS = 0.002, 0.1, 200, 1000
 
 def _vote(rank: int, out: str) -> None:
     collectives = []
-    all_reduce = stop_signal.dist.all_reduce
-    stop_signal.dist.all_reduce = lambda *args, **kwargs: collectives.append(1) or all_reduce(*args, **kwargs)
+    all_reduce = stop_vote.dist.all_reduce
+    stop_vote.dist.all_reduce = lambda *args, **kwargs: collectives.append(1) or all_reduce(*args, **kwargs)
     flag = StopFlag(("USR2",)).install()
     vote = StopVote(flag, torch.device("cpu"), interval_s=INTERVAL_S)
     stopped = None

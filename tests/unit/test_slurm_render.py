@@ -1,6 +1,6 @@
 """sbatch scripts rendered by a pure function, compared with golden files (submitit's test_slurm.py style).
 
-Refresh the golden files after an intended change with: UPDATE_GOLDEN=1 python -m pytest tests/test_slurm_render.py
+Refresh the golden files after an intended change with: UPDATE_GOLDEN=1 python -m pytest tests/unit/test_slurm_render.py
 """
 
 import os
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.slurm.sbatch import SlurmResources, render_sbatch
+from cluster.slurm.resources import SlurmResources
+from cluster.slurm.sbatch import render_sbatch
 
 GOLDEN = Path(__file__).parent / "golden"
 FOLDER = Path("/runs/exp 1/logs")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cluster.local.watchdog import process_alive
-from tests.conftest import REPO, cli, read_manifest, run_sweep, wait_done
+from tests.helpers import REPO, cli, read_manifest, run_sweep, wait_done
 
 pytestmark = pytest.mark.slow
 

@@ -6,23 +6,24 @@ import resource
 import pytest
 
 from cluster.environment import SINGLE_PROCESS, TaskEnvironment
-from cluster.rundir import EventLog, read_events
 from cluster.requeue import (
     RequeueBudget,
     budget_left,
-    is_peer_failure,
-    requeue_id,
     signal_cause,
     spent,
     unexplained_end,
 )
-from tests.conftest import read_summary, run_train
+from cluster.rundir import EventLog, read_events
+from cluster.runtime.supervisor import is_peer_failure
+from cluster.slurm.commands import own_job_id
+from tests.helpers import read_summary, run_train
 
 SLURM = TaskEnvironment(started_by="slurm", rank=0, local_rank=0, world_size=2, node_rank=0, num_nodes=2,
                         master_addr="node1", master_port=20000, job_id="39", restart_count=0)
 NOW = datetime.datetime(2026, 11, 23, 1, 18, 0)
-# `scontrol show job` fields seen in a task's signal handler on the local cluster (tests/test_requeue_slurm.py)
-PREEMPTED = {"JobState": "RUNNING", "Restarts": "0", "EndTime": "2026-11-23T01:18:09", "PreemptTime": "2026-11-23T01:17:59"}
+# `scontrol show job` fields seen in a task's signal handler on the local cluster (tests/slurm/test_requeue_slurm.py)
+PREEMPTED = {"JobState": "RUNNING", "Restarts": "0", "EndTime": "2026-11-23T01:18:09",
+             "PreemptTime": "2026-11-23T01:17:59"}
 TIME_LIMIT = {"JobState": "RUNNING", "Restarts": "0", "EndTime": "2026-11-23T01:18:32", "PreemptTime": "None"}
 REQUEUED = {"JobState": "COMPLETING", "Restarts": "1", "EndTime": "2026-11-23T01:32:20"}
 CANCELLED = {"JobState": "COMPLETING", "Restarts": "0", "EndTime": "2026-11-23T01:22:20", "PreemptTime": "None"}
@@ -66,8 +67,8 @@ def test_a_run_that_ended_without_a_word_is_noticed(tmp_path):
 
 
 def test_requeue_names_array_tasks_by_array_and_index():
-    assert requeue_id({"SLURM_JOB_ID": "105", "SLURM_ARRAY_JOB_ID": "100", "SLURM_ARRAY_TASK_ID": "5"}) == "100_5"
-    assert requeue_id({"SLURM_JOB_ID": "105"}) == "105"
+    assert own_job_id({"SLURM_JOB_ID": "105", "SLURM_ARRAY_JOB_ID": "100", "SLURM_ARRAY_TASK_ID": "5"}) == "100_5"
+    assert own_job_id({"SLURM_JOB_ID": "105"}) == "105"
 
 
 def test_peer_failures_are_told_from_own_exceptions():

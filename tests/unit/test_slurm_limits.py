@@ -2,7 +2,6 @@
 
 import pytest
 
-from cluster.slurm.sbatch import SlurmResources
 from cluster.slurm.limits import (
     Node,
     check_fits,
@@ -10,6 +9,7 @@ from cluster.slurm.limits import (
     parse_partitions,
     parse_slurm_minutes,
 )
+from cluster.slurm.resources import SlurmResources
 
 PARTITIONS = (
     "PartitionName=debug AllowGroups=ALL Default=YES QoS=N/A DefaultTime=NONE GraceTime=10 Hidden=NO "
@@ -49,12 +49,12 @@ def test_default_partition_is_chosen():
 
 @pytest.mark.parametrize("resources, message", [
     (dict(partition="gpu"), "partition 'gpu' does not exist (partitions: debug, small, off)"),
-    (dict(nodes=5), "cluster.nodes=5 exceeds partition debug's 4 nodes"),
-    (dict(nodes=3, partition="small"), "cluster.nodes=3 exceeds partition small's 2 nodes"),
-    (dict(timeout_min=31, partition="small"), "cluster.timeout_min=31 exceeds partition small's MaxTime of 30 min"),
+    (dict(nodes=5), "nodes=5 exceeds partition debug's 4 nodes"),
+    (dict(nodes=3, partition="small"), "nodes=3 exceeds partition small's 2 nodes"),
+    (dict(timeout_min=31, partition="small"), "timeout_min=31 exceeds partition small's MaxTime of 30 min"),
     (dict(partition="off"), "partition off is DOWN"),
     (dict(tasks_per_node=2, cpus_per_task=2), "4 CPUs per node, but only 0 of partition debug's nodes"),
-    (dict(nodes=2, gpus_per_node=1), "cluster.gpus_per_node=1, but only 1 of partition debug's nodes have that many"),
+    (dict(nodes=2, gpus_per_node=1), "gpus_per_node=1, but only 1 of partition debug's nodes have that many"),
 ])
 def test_jobs_beyond_the_limits_are_refused_naming_the_limit(resources, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

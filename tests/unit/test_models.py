@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from jobs.config import ModelConfig
 from jobs.models import SimpleModel, build_model
+from jobs.settings import ModelConfig
 
 
 def test_mlp_is_the_seed_articles_simple_model():

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from cluster.parallel_dims import ParallelDims
-from jobs.config import ModelConfig, stage_layers
 from jobs.models import build_model
 from jobs.pipeline import split_stages
-from tests.conftest import final_model, read_summary, run_train
+from jobs.plan import stage_layers
+from jobs.settings import ModelConfig
+from tests.helpers import final_model, read_summary, run_train
 
 TRANSFORMER = ("model=transformer", "model.depth=2", "data.image_shape=[1,8,8]")
 SHORT = ("train.steps=10", "train.global_batch_size=64", "train.log_every_steps=5", "train.checkpoint_every_steps=5")

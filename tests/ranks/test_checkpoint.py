@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from cluster.environment import SINGLE_PROCESS
+from cluster.errors import CheckpointError
 from cluster.runtime.checkpoint import (
     MARKER,
     SafeReader,
@@ -22,8 +24,6 @@ from cluster.runtime.checkpoint import (
     step_dir,
 )
 from cluster.runtime.checkpoint_writer import CheckpointWriter, stage
-from cluster.environment import SINGLE_PROCESS
-from cluster.errors import CheckpointError
 from cluster.runtime.process_group import process_group
 
 CONFIG = {"model.name": "mlp", "optim.lr": 0.05}
@@ -36,7 +36,8 @@ def group():
 
 
 def state(step: int) -> dict:
-    return {"w": torch.arange(4.0) * step, "progress": {"step": step, "loss": 0.5}, "rng": {"python": (3, (1, 2), None)}}
+    return {"w": torch.arange(4.0) * step, "progress": {"step": step, "loss": 0.5},
+            "rng": {"python": (3, (1, 2), None)}}
 
 
 def save(root: Path, step: int, *, background: bool = False, keep: int = 10) -> CheckpointWriter:

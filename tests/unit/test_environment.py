@@ -53,7 +53,7 @@ def test_torchrun_inside_an_srun_step_owns_the_ranks():
 
 
 def test_slurm_comes_before_the_local_executor():
-    assert detect_environment({**LOCAL_RANK1, **SLURM_RANK3}).launcher == "slurm"
+    assert detect_environment({**LOCAL_RANK1, **SLURM_RANK3}).started_by == "slurm"
 
 
 def test_submitit_local_executor():

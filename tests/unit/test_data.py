@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.config import DataConfig
-from jobs.data import build_dataset
-from jobs.data_files import CIFAR10_FILES, MNIST_FILES, check_data_available
+from jobs.data import CIFAR10_FILES, MNIST_FILES, build_dataset, check_data_available
+from jobs.settings import DataConfig
 
 
 def write_idx(path, array: np.ndarray) -> None:
