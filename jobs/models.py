@@ -6,6 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
+from jobs.plan import sequence_layers
 from jobs.settings import ModelConfig
 
 
@@ -21,13 +22,20 @@ class SimpleModel(nn.Module):
         return self.fc2(torch.relu(self.fc1(x.view(x.size(0), -1))))
 
 
-def _cnn(channels: tuple[int, ...], in_channels: int, num_classes: int) -> nn.Sequential:
-    """Conv-ReLU-pool blocks, then global average pooling and a linear head."""
+def _cnn(cfg: ModelConfig, in_channels: int, num_classes: int) -> nn.Sequential:
+    """Conv-ReLU-pool blocks, then global average pooling and a linear head: the layers of ``sequence_layers``."""
+    widths = iter(cfg.channels)
     layers: list[nn.Module] = []
-    for out_channels in channels:
-        layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
-        in_channels = out_channels
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, num_classes)]
+    for kind in sequence_layers(cfg) or ():
+        if kind == "conv":
+            out_channels = next(widths)
+            layers.append(nn.Conv2d(in_channels, out_channels, 3, padding=1))
+            in_channels = out_channels
+        elif kind == "linear":
+            layers.append(nn.Linear(in_channels, num_classes))
+        else:
+            layers.append({"relu": nn.ReLU(), "pool": nn.MaxPool2d(2, ceil_mode=True),
+                           "avgpool": nn.AdaptiveAvgPool2d(1), "flatten": nn.Flatten()}[kind])
     return nn.Sequential(*layers)
 
 
@@ -84,11 +92,12 @@ class ClassifierHead(nn.Module):
 
 
 def _transformer(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
-    """A small decoder stack as a flat sequence (embedding, blocks..., head), so stages can be cut."""
+    """A small decoder stack as a flat sequence (embedding, blocks..., head: ``sequence_layers``), so stages
+    can be cut."""
     channels, height, width = shape
-    blocks = [DecoderBlock(cfg.dim, cfg.heads) for _ in range(cfg.depth)]
-    return nn.Sequential(PatchEmbedding(channels, height, width, cfg.dim), *blocks,
-                         ClassifierHead(cfg.dim, num_classes))
+    make = {"embedding": lambda: PatchEmbedding(channels, height, width, cfg.dim),
+            "block": lambda: DecoderBlock(cfg.dim, cfg.heads), "head": lambda: ClassifierHead(cfg.dim, num_classes)}
+    return nn.Sequential(*(make[kind]() for kind in sequence_layers(cfg) or ()))
 
 
 def build_model(cfg: ModelConfig, *, sample_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -97,7 +106,7 @@ def build_model(cfg: ModelConfig, *, sample_shape: tuple[int, ...], num_classes:
     if cfg.name == "mlp":
         return SimpleModel(math.prod(sample_shape), cfg.hidden, num_classes)
     if cfg.name == "cnn":
-        return _cnn(cfg.channels, channels, num_classes)
+        return _cnn(cfg, channels, num_classes)
     if cfg.name == "resnet18":
         return _resnet18(channels, num_classes)
     return _transformer(cfg, sample_shape, num_classes)

@@ -27,14 +27,20 @@ from jobs.settings import (
 )
 
 
-def stage_layers(cfg: ModelConfig) -> int | None:
-    """How many layers ``jobs.models`` builds for ``cfg`` as a flat sequence (pipeline cut points), or
-    None for a model that is not one (mlp, resnet18). ``tests/ranks/test_parallel.py`` holds the two together."""
+def sequence_layers(cfg: ModelConfig) -> tuple[str, ...] | None:
+    """The layers of ``cfg``'s model as a flat sequence, by kind: what ``jobs.models`` builds, in this order,
+    and where pipeline stages may be cut. None for a model that is not a sequence (mlp, resnet18)."""
     if cfg.name == "transformer":
-        return cfg.depth + 2  # embedding, blocks, head
+        return ("embedding", *("block",) * cfg.depth, "head")
     if cfg.name == "cnn":
-        return 3 * len(cfg.channels) + 3  # conv, relu, pool per block; pool, flatten, linear
+        return (*("conv", "relu", "pool") * len(cfg.channels), "avgpool", "flatten", "linear")
     return None
+
+
+def stage_layers(cfg: ModelConfig) -> int | None:
+    """How many layers the planner may cut ``cfg``'s model at (None: it cannot be cut)."""
+    layers = sequence_layers(cfg)
+    return None if layers is None else len(layers)
 
 
 @dataclasses.dataclass(frozen=True)

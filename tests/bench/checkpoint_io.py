@@ -9,13 +9,12 @@ async; figures are medians with their spread.
 
 Goals (issue 7): async stall <= 10% of the sync save; sync bandwidth >= 80% of the raw write.
 
-    python tests/bench/checkpoint_io.py --mb 256 --rounds 5 [--dir /path/on/the/disk/to/measure]
+    python -m tests.bench.checkpoint_io --mb 256 --rounds 5 [--dir /path/on/the/disk/to/measure]
 """
 
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,10 +22,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from cluster.runtime.checkpoint_writer import CheckpointWriter
 
-from cluster.runtime.checkpoint_writer import CheckpointWriter  # noqa: E402  (the repository, run as a script)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_state(megabytes: int, tensors: int) -> dict[str, dict[str, torch.Tensor]]:

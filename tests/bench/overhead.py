@@ -18,7 +18,7 @@ CPUs. The final checkpoint falls after the last step on both of ours (``checkpoi
 saves); start-up is ``startup.py``'s. Ratios are ours / plain in the same round, median and spread
 over the rounds.
 
-    python tests/bench/overhead.py --steps 2000 --rounds 5
+    python -m tests.bench.overhead --steps 2000 --rounds 5
 """
 
 import argparse
@@ -36,13 +36,12 @@ import torch
 from torch import nn, optim
 from torch.utils.data import DataLoader, DistributedSampler
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from jobs.data import build_dataset
+from jobs.models import SimpleModel
+from jobs.settings import DataConfig
+from tests.gloo_ranks import spawn_gloo_ranks
 
-from jobs.data import build_dataset  # noqa: E402
-from jobs.models import SimpleModel  # noqa: E402  (the seed article's, 784-128-10)
-from jobs.settings import DataConfig  # noqa: E402  (the repository, run as a script)
-from tests.gloo_ranks import spawn_gloo_ranks  # noqa: E402  (the article's setup and cleanup, around mp.spawn)
+REPO = Path(__file__).resolve().parents[2]
 
 WORLD_SIZE, PER_RANK_BATCH = 2, 64
 NOTE_EVERY, WINDOW = 20, 100  # ours' default metrics interval; a window holds whole intervals
@@ -130,7 +129,8 @@ def one_round(steps: int, folder: Path, sides: dict[str, tuple[str, ...]], slice
                        f"train.log_every_steps={NOTE_EVERY}",
                        *overrides, f"hydra.run.dir={folder / str(index)}"]
                 for index, (name, overrides) in enumerate(sides.items())}
-    commands["plain"] = [sys.executable, __file__, "--plain", str(steps), str(folder / "plain.json")]
+    commands["plain"] = [sys.executable, "-m", "tests.bench.overhead", "--plain", str(steps),
+                         str(folder / "plain.json")]
     processes = [subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE) for command in commands.values()]
     order = [(first + i) % len(processes) for i in range(len(processes))]

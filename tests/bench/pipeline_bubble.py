@@ -11,15 +11,13 @@ and prints the ideal step (m + p - 1) x stage time, the efficiency ideal / measu
 and the measured bubble 1 - m x stage time / step time next to (p - 1) / (m + p - 1). Medians of
 ``--repeats`` steps, with the spread (min-max) of the step times.
 
-    python tests/bench/pipeline_bubble.py                       # p = 2, m = 1 2 4 8, 1F1B
-    python tests/bench/pipeline_bubble.py --schedule gpipe --batch 512
+    python -m tests.bench.pipeline_bubble                       # p = 2, m = 1 2 4 8, 1F1B
+    python -m tests.bench.pipeline_bubble --schedule gpipe --batch 512
 """
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -39,9 +37,7 @@ from jobs.pipeline import (
 )
 from jobs.plan import stage_layers
 from jobs.settings import ModelConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's tests/, run as a script
-from tests.gloo_ranks import spawn_gloo_ranks  # noqa: E402
+from tests.gloo_ranks import spawn_gloo_ranks
 
 
 def parse_args() -> argparse.Namespace:

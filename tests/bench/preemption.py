@@ -15,7 +15,7 @@ Steps lost: the last step trained before the preemption minus the step training 
 Time: from the preempting ``sbatch`` to the first step trained after the resume, both seen by
 polling each side's own log every 50 ms. Rounds alternate the sides; medians with their spread.
 
-    python tests/bench/preemption.py --rounds 2 --every 200
+    python -m tests.bench.preemption --rounds 2 --every 200
 """
 
 import argparse
@@ -34,12 +34,11 @@ import torch.distributed as dist
 from torch import nn, optim
 from torch.utils.data import DataLoader, DistributedSampler
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from jobs.data import build_dataset
+from jobs.models import SimpleModel
+from jobs.settings import DataConfig
 
-from jobs.data import build_dataset  # noqa: E402
-from jobs.models import SimpleModel  # noqa: E402
-from jobs.settings import DataConfig  # noqa: E402  (the repository, run as a script)
+REPO = Path(__file__).resolve().parents[2]
 
 STEPS, PER_RANK_BATCH = 3000, 64
 

@@ -9,7 +9,7 @@ The same script and config either way (``jobs.train``, the default MLP, 2 CPU ra
 The first step is the moment rank 0's ``metrics.jsonl`` gets its first record (step 1, written right
 after that step), polled every 5 ms. Rounds alternate the two; medians with their spread.
 
-    python tests/bench/startup.py --rounds 5
+    python -m tests.bench.startup --rounds 5
 """
 
 import argparse
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
 STEPS = ("train.steps=40", "train.checkpoint_every_steps=40")
 
 

@@ -9,13 +9,12 @@ single out what costs more (the vote at every step, as it was, took a fifth of t
 the median of (plain block time / that block's time) over the cycles, with the quartiles; 1.000
 is free.
 
-    python tests/bench/step_costs.py --cycles 60
+    python -m tests.bench.step_costs --cycles 60
 """
 
 import argparse
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,15 +23,15 @@ import torch
 import torch.distributed as dist
 from torch import nn, optim
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from cluster.runtime.stop_vote import StopVote
+from cluster.warning_signals import StopFlag
+from jobs.loop import global_mean
+from jobs.models import SimpleModel
+from jobs.optim import build_scheduler
+from jobs.settings import OptimConfig
+from tests.gloo_ranks import spawn_gloo_ranks
 
-from cluster.runtime.stop_vote import StopFlag, StopVote  # noqa: E402  (the repository, run as a script)
-from jobs.config import OptimConfig  # noqa: E402
-from jobs.loop import global_mean  # noqa: E402
-from jobs.models import SimpleModel  # noqa: E402
-from jobs.optim import build_scheduler  # noqa: E402
-from tests.gloo_ranks import spawn_gloo_ranks  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 WORLD_SIZE, PER_RANK_BATCH, LOG_EVERY = 2, 64, 20
 

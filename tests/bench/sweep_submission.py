@@ -13,7 +13,7 @@ Every run starts on an empty queue (the bench waits for the cancelled tasks to l
 local cluster (``slurm/local-cluster up``), nothing else queued, and, for the comparison, a Python with
 ``hydra-submitit-launcher`` installed (``--hydra-python``; pip install hydra-submitit-launcher).
 
-    python tests/bench/sweep_submission.py --sizes 12 200 1000 --hydra-python /tmp/hsl-venv/bin/python
+    python -m tests.bench.sweep_submission --sizes 12 200 1000 --hydra-python /tmp/hsl-venv/bin/python
 """
 
 import argparse

@@ -25,6 +25,7 @@ from cluster.runtime.checkpoint import (
 )
 from cluster.runtime.checkpoint_writer import CheckpointWriter, stage
 from cluster.runtime.process_group import process_group
+from jobs.user_errors import describe
 
 CONFIG = {"model.name": "mlp", "optim.lr": 0.05}
 
@@ -163,8 +164,11 @@ def test_incompatible_config_names_each_change_unless_allowed(group, tmp_path):
     folder = step_dir(tmp_path, 10)
     other = {**CONFIG, "optim.lr": 0.1}
     with pytest.raises(CheckpointError, match=r"optim.lr: 0.05 -> 0.1\); run with the same settings to resume, "
-                                              r"allow the change with train.allow_changes=\[optim.lr\]"):
+                                              r"allow the change with allow_changes=\[optim.lr\]") as refused:
         check_compatible(read_marker(folder)["config"], other, folder=folder)
+    # the library names its own setting; the trainer tells its users the config keys
+    assert "allow the change with train.allow_changes=[optim.lr]" in describe(refused.value)
+    assert "a new run directory (hydra.run.dir=...)" in describe(refused.value)
     check_compatible(read_marker(folder)["config"], dict(CONFIG), folder=folder)
     check_compatible(read_marker(folder)["config"], other, folder=folder, allowed=("optim.lr",))
 
