@@ -9,7 +9,7 @@ a run that will come back, and the submitting side keeps waiting for the final o
 
 import dataclasses
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cluster.environment import TaskEnvironment
@@ -53,16 +53,17 @@ def spent(events: Sequence[Mapping[str, Any]], budget: str) -> int:
     return len(runs)
 
 
-def budget_left(budget: RequeueBudget, events: Sequence[Mapping[str, Any]], cause: str) -> tuple[bool, str]:
-    """Whether one more requeue for ``cause`` is allowed, and a phrase saying how many were used (a message
-    template: the budget's setting is ``{k.NAME}``, ``cluster.errors``)."""
+def budget_left(budget: RequeueBudget, events: Sequence[Mapping[str, Any]], cause: str,
+                spell: Callable[[str], str] = str) -> tuple[bool, str]:
+    """Whether one more requeue for ``cause`` is allowed, and a phrase saying how many were used (the budget's
+    setting named by ``spell``, ``cluster.errors``)."""
     name = BUDGET_OF[cause]
     limit, used = getattr(budget, name), spent(events, name)
     if limit < 0:
         return True, f"{name} requeue {used + 1} (no limit)"
     if used < limit:
         return True, f"{name} requeue {used + 1} of {limit}"
-    return False, f"{name} budget of {limit} requeue(s) spent ({{k.{name}}}={limit})"
+    return False, f"{name} budget of {limit} requeue(s) spent ({spell(name)}={limit})"
 
 
 def signal_cause(env: TaskEnvironment, *, lead_s: float, fields: Mapping[str, str] | None = None,

@@ -186,7 +186,7 @@ def _write_summary(trainee: Trainee, plan: JobPlan, env: TaskEnvironment, run_di
         "param_digest": digest,
         "run_dir": str(run_dir.resolve()),
         "world_size": env.world_size,
-        "started_by": env.started_by,
+        "launcher": env.started_by,  # the key predates TaskEnvironment.started_by; scripts read it
         "backend": dist.get_backend(),
         "device": str(device),
         "resumed_from_step": resumed_from,

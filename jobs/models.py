@@ -95,8 +95,10 @@ def _transformer(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int) -> 
     """A small decoder stack as a flat sequence (embedding, blocks..., head: ``sequence_layers``), so stages
     can be cut."""
     channels, height, width = shape
-    make = {"embedding": lambda: PatchEmbedding(channels, height, width, cfg.dim),
-            "block": lambda: DecoderBlock(cfg.dim, cfg.heads), "head": lambda: ClassifierHead(cfg.dim, num_classes)}
+    # The blocks are made first, as they always were: the order of construction decides the initial weights.
+    blocks = iter([DecoderBlock(cfg.dim, cfg.heads) for _ in range(cfg.depth)])
+    make = {"embedding": lambda: PatchEmbedding(channels, height, width, cfg.dim), "block": lambda: next(blocks),
+            "head": lambda: ClassifierHead(cfg.dim, num_classes)}
     return nn.Sequential(*(make[kind]() for kind in sequence_layers(cfg) or ()))
 
 

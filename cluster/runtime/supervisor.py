@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from cluster.environment import TaskEnvironment
-from cluster.errors import literal, one_line, spelled
+from cluster.errors import one_line
 from cluster.requeue import (
     EXIT_REQUEUE,
     REQUEUEABLE,
@@ -76,7 +76,7 @@ class Supervisor:
         dist.barrier()  # every rank has read the history before rank 0 adds to it
         lost = unexplained_end(self.history, self.env.job_id, self.restart)
         if lost is not None:
-            allowed, phrase = budget_left(self.budget, self.history, "lost")
+            allowed, phrase = budget_left(self.budget, self.history, "lost", self.spell)
             if self.env.is_main:
                 self.log.record("lost", cause="lost", last_event=lost.get("event"), step=lost.get("step"),
                                 reason="the previous run ended without a word (node failure or SIGKILL)")
@@ -84,7 +84,7 @@ class Supervisor:
                 self._give_up(f"the previous run was lost and the {phrase}")
         if self.env.is_main:
             self.log.record("started", nodes=self.env.num_nodes, world_size=self.env.world_size,
-                            started_by=self.env.started_by, host=os.uname().nodename)
+                            launcher=self.env.started_by, host=os.uname().nodename)
             self._check_lead_time(self.slowest_save_s)
 
     def should_stop(self, step: int) -> bool:
@@ -118,7 +118,7 @@ class Supervisor:
         cause = [self._cause() if self.env.is_main else ""]
         dist.broadcast_object_list(cause, src=0)
         allowed, phrase = (True, "") if cause[0] in ("requeued", "cancelled") else budget_left(
-            self.budget, self.history, cause[0])
+            self.budget, self.history, cause[0], self.spell)
         if self.env.is_main:
             waited = time.monotonic() - (self.flag.at or time.monotonic())
             self.log.record("signalled", cause=cause[0], signal=self.flag.received, step=step,
@@ -150,14 +150,14 @@ class Supervisor:
         if self.env.started_by not in REQUEUEABLE:
             raise error  # nothing here restarts the job: torchrun's --max-restarts or the user decide
         if kind == "config":
-            self._give_up(f"an error a retry would repeat ({literal(text[:200])})", error)
+            self._give_up(f"an error a retry would repeat ({text[:200]})", error)
         again = [e for e in self.history if e.get("event") == "failed" and e.get("kind") == "exception"
                  and e.get("step") == step and e.get("error") == text[:500]]
         if kind == "exception" and again:
-            self._give_up(f"the same exception at step {step} twice ({literal(text[:200])})", error)
-        allowed, phrase = budget_left(self.budget, self.history, "failure")
+            self._give_up(f"the same exception at step {step} twice ({text[:200]})", error)
+        allowed, phrase = budget_left(self.budget, self.history, "failure", self.spell)
         if not allowed:
-            self._give_up(f"{literal(text[:200])}, and the {phrase}", error)
+            self._give_up(f"{text[:200]}, and the {phrase}", error)
         self._requeue("failure", step, phrase)
         raise JobEnd(EXIT_REQUEUE) from error
 
@@ -167,13 +167,9 @@ class Supervisor:
         if self.env.is_main:
             self.log.record("finished", step=step, seconds=round(time.monotonic() - self.began, 3))
 
-    def _say(self, template: str) -> str:
-        """A message template (``cluster.errors``) with the settings spelled for the caller's users."""
-        return spelled(template, self.spell)
-
     def _requeue(self, cause: str, step: int | None, phrase: str) -> None:
         problem = request_requeue(self.env)
-        self.log.record("requeued", cause=cause, step=step, budget=self._say(phrase),
+        self.log.record("requeued", cause=cause, step=step, budget=phrase,
                         **({"problem": problem} if problem else {}))
 
     def _cause(self) -> str:
@@ -190,8 +186,7 @@ class Supervisor:
             self.log.record("warning", reason=message)
             print(f"warning: {message}", flush=True)
 
-    def _give_up(self, template: str, error: BaseException | None = None) -> None:
-        reason = self._say(template)
+    def _give_up(self, reason: str, error: BaseException | None = None) -> None:
         if self.env.is_main or error is not None:
             self.log.record("failed", kind="final", reason=reason)
         note_on_job(self.env, f"ended: {reason}"[:240])

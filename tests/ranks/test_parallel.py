@@ -8,6 +8,7 @@ from jobs.models import build_model
 from jobs.pipeline import split_stages
 from jobs.plan import stage_layers
 from jobs.settings import ModelConfig
+from jobs.user_errors import describe
 from tests.helpers import final_model, read_summary, run_train
 
 TRANSFORMER = ("model=transformer", "model.depth=2", "data.image_shape=[1,8,8]")
@@ -17,11 +18,14 @@ SHORT = ("train.steps=10", "train.global_batch_size=64", "train.log_every_steps=
 def test_every_misfit_of_a_plan_is_named_at_once():
     with pytest.raises(ValueError) as error:
         ParallelDims(world_size=4, dp=1, pp=3, microbatches=2, layers=2, global_batch_size=9)
-    message = str(error.value)
+    message = str(error.value)  # in the library's terms
     assert "dp x pp = 1 x 3 = 3, but the job has 4 ranks" in message
     assert "the model has 2 layers, fewer than pp x stages_per_rank = 3 x 1 = 3 stages" in message
-    assert "strategy.microbatches=2 is fewer than the 3 stages" in message
-    assert "train.global_batch_size=9 is not divisible by dp x microbatches = 1 x 2 = 2" in message
+    assert "microbatches=2 is fewer than the 3 stages" in message
+    assert "global_batch_size=9 is not divisible by dp x microbatches = 1 x 2 = 2" in message
+    told = describe(error.value)  # what the trainer tells its users: config keys
+    assert "strategy.microbatches=2 is fewer" in told and "train.global_batch_size=9 is not divisible" in told
+    assert "lower strategy.pp or strategy.stages_per_rank, or deepen the model (model.depth)" in told
 
 
 def test_pipeline_ranks_are_consecutive_and_replicas_span_nodes():
@@ -85,7 +89,8 @@ def test_hybrid_resumes_exactly(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (("strategy=hybrid", "strategy.pp=3", "cluster.tasks_per_node=4"), "dp x pp = 1 x 3 = 3, but the job has 4 ranks"),
-    (("strategy=pipeline", "model=mlp"), "the model cannot be cut into pipeline stages; use model=transformer"),
+    (("strategy=pipeline", "model=mlp"),
+     "the model cannot be cut into pipeline stages; give one that can (model=transformer or model=cnn)"),
     (("strategy=pipeline", "strategy.microbatches=1"), "strategy.microbatches=1 is fewer than the 2 stages"),
     (("strategy=pipeline", "strategy.schedule=zigzag"), "strategy.schedule"),
     (("strategy=pipeline", "cluster.tasks_per_node=4"), "strategy.pp=2 must equal the job's 4 ranks"),

@@ -16,6 +16,8 @@ from cluster.requeue import (
 from cluster.rundir import EventLog, read_events
 from cluster.runtime.supervisor import is_peer_failure
 from cluster.slurm.commands import own_job_id
+from jobs.settings import Requeue
+from jobs.user_errors import config_key
 from tests.helpers import read_summary, run_train
 
 SLURM = TaskEnvironment(started_by="slurm", rank=0, local_rank=0, world_size=2, node_rank=0, num_nodes=2,
@@ -53,7 +55,8 @@ def test_budgets_count_runs_not_ranks(tmp_path):
     events = read_events(tmp_path)
     assert spent(events, "failure") == 2 and spent(events, "time_limit") == 1 and spent(events, "preemption") == 0
     assert budget_left(RequeueBudget(failure=2), events, "failure") == (
-        False, "failure budget of 2 requeue(s) spent (requeue.failure=2)")
+        False, "failure budget of 2 requeue(s) spent (failure=2)")
+    assert budget_left(RequeueBudget(failure=2), events, "failure", config_key)[1].endswith("(requeue.failure=2)")
     assert budget_left(RequeueBudget(time_limit=3), events, "time-limit") == (True, "time_limit requeue 2 of 3")
     assert budget_left(RequeueBudget(), events, "preemption") == (True, "preemption requeue 1 (no limit)")
 
@@ -78,8 +81,10 @@ def test_peer_failures_are_told_from_own_exceptions():
 
 
 def test_bad_budget_is_refused():
-    with pytest.raises(ValueError, match="requeue.failure=-2 must be a count >= 0, or -1 for no limit"):
+    with pytest.raises(ValueError, match="^failure=-2 must be a count >= 0, or -1 for no limit"):
         RequeueBudget(failure=-2)
+    with pytest.raises(ValueError, match="^requeue.failure=-2 must be a count >= 0, or -1 for no limit"):
+        Requeue(failure=-2)  # the trainer's requeue.* settings
 
 
 @pytest.mark.slow
