@@ -148,7 +148,7 @@ def parser() -> argparse.ArgumentParser:
         "members", type=int, nargs="*", help="member numbers (default: every member)")
     cmd = command(retry, "resubmit the members that failed or were cancelled")
     cmd.add_argument("--failed", action="store_true", help="only FAILED members (not cancelled or timed out)")
-    cmd.add_argument("--parallelism", type=int, default=1, help="cluster=local: members running at once")
+    cmd.add_argument("--parallelism", type=int, default=1, help="members of a local sweep running at once")
     cmd = command(collect, "final metrics as a table and CSV, the best member, a loss plot")
     cmd.add_argument("--metric", default="final_loss", help="summary.json key to rank by (default final_loss)")
     cmd.add_argument("--mode", choices=["min", "max"], default="min", help="whether lower or higher is better")

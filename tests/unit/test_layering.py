@@ -8,6 +8,7 @@
 """
 
 import ast
+import re
 import json
 import subprocess
 import sys
@@ -124,3 +125,18 @@ def test_the_torch_free_side_imports_without_torch_in_a_fresh_interpreter():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [], "the torch-free side loaded torch"
+
+
+CONFIG_KEY = re.compile(r"(?<![\w.])(?:train|strategy|model|optim|data|requeue|distributed|hydra)\.[a-z_]+|"
+                        r"(?<![\w.])cluster\.[a-z_]+=|(?<![\w.])(?:model|strategy|cluster)=[a-z]")
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("cluster")))
+def test_the_library_names_no_config_key_of_the_trainer(module):
+    """A user calling the library from their own script must not be told to set ``cluster.partition=``."""
+    tree = ast.parse(MODULES[module].read_text())
+    docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+    texts = [node.value for node in ast.walk(tree)  # messages, not the docs that explain the trainer's use
+             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+    found = sorted({match for text in texts for match in CONFIG_KEY.findall(text)})
+    assert not found, f"{module} speaks the trainer's config keys: {found}"

@@ -59,3 +59,13 @@ def test_default_partition_is_chosen():
 def test_jobs_beyond_the_limits_are_refused_naming_the_limit(resources, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         fits(**resources)
+
+
+def test_the_library_names_its_own_settings_and_the_trainer_its_config_keys():
+    from cluster.errors import SettingError
+    from jobs.user_errors import describe
+
+    with pytest.raises(SettingError) as refused:
+        fits(partition="gpu")
+    assert str(refused.value).endswith("; set partition=NAME")  # a script calling the library sees its names
+    assert describe(refused.value).endswith("; set cluster.partition=NAME")  # python -m jobs.train's users, keys
