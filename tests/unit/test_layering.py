@@ -8,8 +8,8 @@
 """
 
 import ast
-import re
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
