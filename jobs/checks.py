@@ -8,18 +8,28 @@ of fresh members is submitted without it (the ranks import it on their nodes).
 from pathlib import Path
 
 from cluster.rundir import RunDir, check_writable
-from jobs.data import check_data_available
+from jobs.data import check_data_available, dataset_size
 from jobs.plan import JobPlan
 
 
 def check_before_start(plan: JobPlan, run_dir: Path, *, world_size: int | None = None) -> None:
     """Check the plan against its world, data and run directory (world size: the plan's, by default)."""
     world_size = world_size or plan.world_size or 1
-    plan.check_world(world_size)
+    dims = plan.check_world(world_size)
     check_data_available(plan.data)
+    check_batch_fits_the_data(plan, dims.dp)
     check_writable(run_dir)
     if RunDir(run_dir).checkpoints.is_dir():
         check_checkpoint(plan, RunDir(run_dir).checkpoints, world_size)
+
+
+def check_batch_fits_the_data(plan: JobPlan, dp: int) -> None:
+    """Each replica must get at least one batch per epoch (the sampler gives it samples // dp, whole batches)."""
+    samples, batch = dataset_size(plan.data), plan.train.global_batch_size
+    if (samples // dp) // (batch // dp) == 0:
+        raise ValueError(f"the dataset has {samples} samples, fewer than one global batch "
+                         f"(train.global_batch_size={batch}); lower train.global_batch_size"
+                         + (", or raise data.num_samples" if plan.data.name not in ("mnist", "cifar10") else ""))
 
 
 def check_checkpoint(plan: JobPlan, root: Path, world_size: int) -> None:

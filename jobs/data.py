@@ -11,6 +11,8 @@ from typing import Any
 
 from jobs.settings import DataConfig
 
+# Samples in the training split of the datasets whose size is not a setting.
+TRAIN_SAMPLES = {"mnist": 60_000, "cifar10": 50_000}
 # torchvision's layouts: the folder each dataset reads, and the files it needs there.
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
@@ -21,6 +23,11 @@ class DatasetInfo:
     dataset: Any  # a map-style torch Dataset of (input, target) pairs
     sample_shape: tuple[int, ...]  # (channels, height, width) of one sample
     num_classes: int
+
+
+def dataset_size(cfg: DataConfig) -> int:
+    """Samples in the training split ``cfg`` names, known without reading it."""
+    return TRAIN_SAMPLES.get(cfg.name, cfg.num_samples)
 
 
 def expected_files(cfg: DataConfig) -> tuple[Path, tuple[str, ...]]:

@@ -20,6 +20,7 @@ from cluster.slurm.sbatch import render_sbatch, submit
 from jobs.checks import check_before_start
 from jobs.metrics import MetricsFollower, ProgressLine
 from jobs.plan import JobPlan
+from jobs.user_errors import phrase
 
 Summary = dict[str, Any] | None
 # What every rank runs, imported where it runs: the launching process needs no torch (2-4 s to import),
@@ -88,6 +89,8 @@ def run_slurm(plan: JobPlan, run_dir: Path) -> Summary:
     resources = plan.slurm
     assert resources is not None
     check_before_start(plan, run_dir)
+    if warning := resources.timing_warning():
+        print(f"warning: {phrase(warning)}", file=sys.stderr)
     log_dir = RunDir(run_dir).logs
     if plan.cluster.dry_run:
         print(render_sbatch(resources, folder=log_dir.resolve()))

@@ -44,8 +44,9 @@ def run_task(plan: JobPlan, run_dir: Path, env: TaskEnvironment | None = None) -
         except (JobEnd, BudgetSpentError):  # the supervisor's own decisions
             raise
         except Exception as error:
-            # A divergence comes back bit for bit after an exact resume; a set-up error too.
+            # A divergence comes back bit for bit after an exact resume; an error of the set-up (before the first
+            # step: the configuration, the run directory, a checkpoint) too.
             repeats = isinstance(error, TrainingDivergedError) or (
-                supervisor.step is None and isinstance(error, DETERMINISTIC))
+                not supervisor.stepped and isinstance(error, DETERMINISTIC))
             supervisor.failed(error, step=supervisor.step, deterministic=repeats)
             raise

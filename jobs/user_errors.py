@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 
 from cluster.environment import HalfSetEnvironmentError
-from cluster.errors import ClusterError
+from cluster.errors import ClusterError, spelled
 from cluster.local.ranks import TaskFailedError
 from cluster.slurm.resources import SlurmResources
 
@@ -35,6 +35,11 @@ USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, ClusterError, Hal
 def config_key(name: str) -> str:
     """The config key of a setting the library names ``name``."""
     return CONFIG_KEYS.get(name, name)
+
+
+def phrase(template: str) -> str:
+    """A library message template (``cluster.errors``) with its settings spelled as config keys."""
+    return spelled(template, config_key)
 
 
 def describe(error: BaseException) -> str:

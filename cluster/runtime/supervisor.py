@@ -69,7 +69,8 @@ class Supervisor:
         self.slowest_save_s = max((e.get("seconds", 0.0) for e in self.history if e.get("event") == "checkpointed"),
                                   default=0.0)
         self._warned = False
-        self.step: int | None = None  # the last step boundary; None while the run is still being set up
+        self.step: int | None = None  # the last step boundary (or the step resumed from)
+        self.stepped = False  # whether a training step has ended in this run (set-up errors come before)
 
     def start(self) -> None:
         """Record this run; end it at once when the previous one was lost and the failure budget is spent."""
@@ -89,7 +90,7 @@ class Supervisor:
 
     def should_stop(self, step: int) -> bool:
         """Whether all ranks agreed to stop at this step boundary (a warning reached some rank)."""
-        self.step = step
+        self.step, self.stepped = step, True
         return self.vote.poll(step)
 
     def resumed(self, step: int) -> None:

@@ -6,6 +6,8 @@ import re
 from cluster.errors import SettingError, literal, require_one_of, require_positive
 
 SIGNALS = ("USR1", "USR2", "TERM", "INT", "HUP", "QUIT", "ALRM")
+# Slurm may send the --signal warning up to this many seconds before it is due (sbatch(1), --signal).
+SIGNAL_EARLY_S = 60
 _FLAG = re.compile(r"^[a-z][a-z0-9_-]*$")  # an sbatch long option's name
 
 
@@ -39,6 +41,12 @@ class SlurmResources:
             raise SettingError("{k.gpus_per_node}, {k.mem_gb} and {k.signal_lead_s} must not be negative; "
                                "use 0 for none")
         require_one_of("signal", self.signal, SIGNALS)
+        if self.timeout_min * 60 <= self.signal_lead_s:
+            raise SettingError(
+                f"{{k.timeout_min}}={self.timeout_min} ({self.timeout_min * 60} s) is not longer than the warning's "
+                f"lead {{k.signal_lead_s}}={self.signal_lead_s}: every allocation would be told to stop as it starts, "
+                f"and end in requeues; give {{k.timeout_min}} >= {self.signal_lead_s // 60 + 2} or a smaller "
+                "{k.signal_lead_s}")
         texts = [self.partition, self.account, self.qos, self.constraint, self.exclude, self.job_name,
                  *self.setup, *(part for pair in self.additional for part in pair)]
         for text in texts:
@@ -54,4 +62,13 @@ class SlurmResources:
     @property
     def world_size(self) -> int:
         return self.nodes * self.tasks_per_node
+
+    def timing_warning(self) -> str:
+        """A template (``cluster.errors``) saying that the warning may come before any training, or ""."""
+        before = self.timeout_min * 60 - self.signal_lead_s
+        if before >= SIGNAL_EARLY_S:
+            return ""
+        return (f"the warning is due {before} s into each allocation ({{k.timeout_min}}={self.timeout_min}, "
+                f"{{k.signal_lead_s}}={self.signal_lead_s}), and Slurm may send it up to {SIGNAL_EARLY_S} s early: "
+                "an allocation may train only a step before it is requeued")
 
