@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cluster.slurm import commands
+from cluster.slurm.commands import ENDED_BADLY
 from cluster.sweep.arrays import submit_members
 from cluster.sweep.local_queue import cancel_members, start_queue
 from cluster.sweep.manifest import Manifest, Member, NotASweepError, find_manifest
 from cluster.sweep.status import (
-    ENDED_BADLY,
     STILL_RUNNING,
     USAGE,
     exit_code,

@@ -9,7 +9,8 @@ Layout of a run directory (``RunDir``)::
     checkpoints/      step-N folders (``cluster.runtime.checkpoint``)
     logs/             the ranks' stdout and stderr (submitit)
     tensorboard/      event files, when tensorboard is installed
-    .lock             held by the live run (``hold``)
+    .lock             held by the live local run, and by a submission while it submits (``hold``)
+    .claim            the Slurm job that trains here (``claim``): no other job may while it is queued or running
 
 A sweep directory holds ``manifest.json`` and ``submissions.pkl`` (``cluster.sweep.manifest``), its
 ``logs/`` and one run directory per member.
@@ -20,12 +21,14 @@ import dataclasses
 import fcntl
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cluster.errors import RunDirectoryBusyError, SettingError, literal
+from cluster.slurm import commands
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +64,10 @@ class RunDir:
     @property
     def lock(self) -> Path:
         return self.path / ".lock"
+
+    @property
+    def claim(self) -> Path:
+        return self.path / ".claim"
 
 
 def write_atomically(path: Path, data: bytes | str) -> None:
@@ -124,8 +131,9 @@ def read_events(run_dir: Path) -> list[dict[str, Any]]:
     return read_jsonl(RunDir(run_dir).events)
 
 
-def check_writable(run_dir: Path) -> None:
-    """Fail early, with the path, when the run directory cannot take files."""
+def check_writable(run_dir: Path, *, setting: str = "run_dir") -> None:
+    """Fail early, with the path, when the run directory (or the sweep directory: ``setting``) cannot take
+    files."""
     try:
         try:
             run_dir.mkdir(parents=True)  # a directory this process just made is its own: nothing to probe
@@ -134,8 +142,9 @@ def check_writable(run_dir: Path) -> None:
             probe.write_text("ok")
             probe.unlink()
     except OSError as error:
-        raise SettingError(f"cannot write to the run directory {literal(str(run_dir))} "
-                           f"({literal(str(error.strerror or error))}); choose a writable one with {{k.run_dir}}=PATH"
+        noun = "sweep directory" if setting == "sweep_dir" else "run directory"
+        raise SettingError(f"cannot write to the {noun} {literal(str(run_dir))} "
+                           f"({literal(str(error.strerror or error))}); choose a writable one with {{k.{setting}}}=PATH"
                            ) from error
 
 
@@ -164,3 +173,48 @@ def hold(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         handle.close()
+
+
+# What a refused command leaves in a directory before anything trained there: Hydra's record of the config and
+# its log, submitit's pickles, our lock and probe. A claim (a submitted job) is not among them.
+_BEFORE_TRAINING = {".hydra", "logs", ".lock", ".write-test", "train.log"}
+
+
+def remove_if_unused(run_dir: Path, *, also: tuple[str, ...] = ()) -> bool:
+    """Remove a run directory in which nothing ever trained nor was submitted (a refused command's), that holds
+    nothing else but ``also``; True if it is gone."""
+    if not run_dir.is_dir() or any(child.name not in _BEFORE_TRAINING | set(also) for child in run_dir.iterdir()):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return not run_dir.exists()
+
+
+def claim(run_dir: Path, job_id: str) -> None:
+    """Record that Slurm job ``job_id`` (``ARRAY_TASK`` for an array task) trains in ``run_dir``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(RunDir(run_dir).claim, job_id + "\n")
+
+
+def claimed_by(run_dir: Path) -> str:
+    """The Slurm job that claimed ``run_dir`` ("" when none did)."""
+    try:
+        return RunDir(run_dir).claim.read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return ""
+
+
+def check_unclaimed(run_dirs: list[Path], *, allowed: str = "") -> None:
+    """Refuse when a Slurm job other than ``allowed`` that claimed one of ``run_dirs`` is still queued or running:
+    two jobs training into one directory corrupt its checkpoints. Slurm is asked only when a claim exists."""
+    claims = {run_dir: job for run_dir in run_dirs if (job := claimed_by(run_dir)) and job != allowed}
+    if not claims:
+        return
+    states, _ = commands.job_states(sorted(set(claims.values())))
+    live = [(run_dir, job, states[job][0]) for run_dir, job in claims.items()
+            if states.get(job, ("",))[0] in commands.ACTIVE]
+    if live:
+        run_dir, job, state = live[0]
+        more = f" (and {len(live) - 1} more)" if len(live) > 1 else ""
+        raise RunDirectoryBusyError(
+            f"run directory {literal(str(run_dir))}{more} belongs to Slurm job {literal(job)}, which is {state}; "
+            f"wait for it to end, cancel it (scancel {literal(job)}), or choose another {{k.run_dir}}")

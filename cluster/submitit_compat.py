@@ -1,4 +1,5 @@
-"""Every use of submitit's private API, in one place (submitit 1.5; ``pyproject.toml`` bounds it).
+"""Every use of submitit's private API, in one place (submitit 1.5; ``pyproject.toml`` bounds it), and what we
+rely on of its job layout.
 
 ``tests/unit/test_compat.py`` checks each of these against the installed submitit and fails loudly
 when a new version changes one; the rest of the library uses submitit's public API only.
@@ -38,6 +39,12 @@ def run_pickled_job(folder: str) -> None:
     set a flag (``cluster.warning_signals``), where submitit's would checkpoint and requeue inside the handler."""
     job_environment.JobEnvironment._handle_signals = lambda self, paths, submission: None  # type: ignore[method-assign]
     submission.process_job(folder)
+
+
+def keep_result_folder() -> None:
+    """Make sure the folder submitit writes this task's result to exists: a task whose folder was deleted while
+    it trained would otherwise fail after finishing (and its job would end FAILED). Inside a submitit job only."""
+    Path(submitit.JobEnvironment().paths.folder).mkdir(parents=True, exist_ok=True)
 
 
 def failure_text(error: BaseException) -> str:

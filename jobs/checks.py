@@ -8,6 +8,7 @@ of fresh members is submitted without it (the ranks import it on their nodes).
 from pathlib import Path
 
 from cluster.rundir import RunDir, check_writable
+from cluster.slurm.sbatch import check_setup
 from jobs.data import check_data_available, dataset_size
 from jobs.plan import JobPlan
 
@@ -18,6 +19,8 @@ def check_before_start(plan: JobPlan, run_dir: Path, *, world_size: int | None =
     dims = plan.check_world(world_size)
     check_data_available(plan.data)
     check_batch_fits_the_data(plan, dims.dp)
+    if plan.slurm is not None:
+        check_setup(plan.slurm)
     check_writable(run_dir)
     if RunDir(run_dir).checkpoints.is_dir():
         check_checkpoint(plan, RunDir(run_dir).checkpoints, world_size)

@@ -43,6 +43,7 @@ def run_local(plan: JobPlan, run_dir: Path) -> Summary:
     check_before_start(plan, run_dir)
     progress = ProgressLine(plan.train.steps, stream=sys.stderr)
     with rundir.hold(run_dir), contextlib.closing(progress):
+        rundir.check_unclaimed([run_dir])  # a Slurm job may train here too
         return launch_local(
             RUN_TASK, plan, run_dir,
             # submitit hides every GPU from its tasks (CUDA_VISIBLE_DEVICES="") unless told how many to show
@@ -56,6 +57,7 @@ def run_debug(plan: JobPlan, run_dir: Path) -> Summary:
     """``cluster=debug``: one rank in this very process; breakpoints and pdb work."""
     check_before_start(plan, run_dir)
     with rundir.hold(run_dir):
+        rundir.check_unclaimed([run_dir])
         return RUN_TASK(plan, run_dir, env=SINGLE_PROCESS)
 
 
@@ -99,7 +101,12 @@ def run_slurm(plan: JobPlan, run_dir: Path) -> Summary:
         print(rank_layout(resources, plan.check_world(resources.world_size)))
         return None
     partition = check_against_cluster(resources)
-    job = submit(RUN_TASK, plan, run_dir, resources=resources, folder=log_dir.resolve())
+    # One live run per directory: no other submission (or local run) while this one submits, and no job queued
+    # or running that claimed it. The job holds the claim until it ends, requeues included.
+    with rundir.hold(run_dir):
+        rundir.check_unclaimed([run_dir])
+        job = submit(RUN_TASK, plan, run_dir, resources=resources, folder=log_dir.resolve())
+        rundir.claim(run_dir, job.job_id)
     print(f"submitted job {job.job_id} to partition {partition.name}: "
           f"{resources.nodes} node(s) x {resources.tasks_per_node} task(s)\n"
           f"run dir: {run_dir.resolve()}\n"

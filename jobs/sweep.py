@@ -12,12 +12,15 @@ import sys
 from pathlib import Path
 
 from cluster.by_name import ByName
-from cluster.errors import ClusterError
+from cluster.errors import ClusterError, RunDirectoryBusyError, SlurmUnavailableError
+from cluster.rundir import remove_if_unused
+from cluster.slurm.commands import max_array_size
 from cluster.slurm.limits import check_against_cluster
 from cluster.slurm.resources import SlurmResources
-from cluster.sweep.arrays import submit_members
+from cluster.slurm.sbatch import SubmissionRefusedError, render_sbatch
+from cluster.sweep.arrays import plan_arrays, submit_members
 from cluster.sweep.local_queue import start_queue
-from cluster.sweep.manifest import Manifest, Member, now
+from cluster.sweep.manifest import MANIFEST, SUBMISSIONS, Manifest, Member, now
 from jobs.checks import check_before_start
 from jobs.plan import JobPlan
 from jobs.settings import SweepSettings
@@ -33,15 +36,16 @@ class PlannedMember:
     plan: JobPlan
 
 
-def check_members(members: list[PlannedMember]) -> None:
-    """Every member's checks, all of them; one ValueError naming each member that fails, and why."""
+def check_members(members: list[PlannedMember], *, live: bool = True) -> None:
+    """Every member's checks, all of them; one ValueError naming each member that fails, and why. ``live``: also
+    against the live Slurm cluster (a dry run does not ask it, as a single run's dry run does not)."""
     problems = []
     resources_seen: dict[SlurmResources, str] = {}
     for planned in members:
         try:
             check_before_start(planned.plan, Path(planned.member.run_dir))
             resources = planned.plan.slurm
-            if resources is not None and resources not in resources_seen:
+            if live and resources is not None and resources not in resources_seen:
                 resources_seen[resources] = check_against_cluster(resources).name
         except (ValueError, FileNotFoundError, PermissionError, ClusterError) as error:
             problems.append(f"member {planned.member.index} ({' '.join(planned.member.overrides) or 'no overrides'})"
@@ -51,18 +55,27 @@ def check_members(members: list[PlannedMember]) -> None:
                          + "\n  ".join(problems))
 
 
-def launch_sweep(members: list[PlannedMember], sweep_dir: Path, options: SweepSettings) -> Manifest:
+def launch_sweep(members: list[PlannedMember], sweep_dir: Path, options: SweepSettings) -> Manifest | None:
     """Check all members, submit them (Slurm job arrays, or the local queue), write the manifest and say
-    how to watch the sweep."""
+    how to watch the sweep. A dry run (``cluster.dry_run=true``) says what it would submit, and submits nothing."""
     kind = sweep_kind(members)
-    check_members(members)
+    dry_run = any(p.plan.cluster.dry_run for p in members)
+    check_members(members, live=not dry_run)
+    if dry_run:
+        print(describe_dry_run(members, kind, options), flush=True)
+        return None
     manifest = open_manifest(sweep_dir, kind, [p.member for p in members])
     task = RUN_TASK if kind == "slurm" else RUN_LOCAL
     submissions = [(p.member, {"fn": task, "args": (p.plan, Path(p.member.run_dir)), "resources": p.plan.slurm})
                    for p in members]
     if kind == "slurm":
-        arrays = submit_members(manifest, submissions, parallelism=options.array_parallelism,
-                                max_size=options.max_array_size)
+        try:
+            arrays = submit_members(manifest, submissions, parallelism=options.array_parallelism,
+                                    max_size=options.max_array_size)
+        except (SubmissionRefusedError, RunDirectoryBusyError):
+            if not any(p.member.job_id for p in members):  # nothing of this batch went out: leave nothing of it
+                forget(manifest, [p.member for p in members])
+            raise
         where = f"as {len(arrays)} job array(s): {', '.join(arrays)}"
     else:
         manifest.save_submissions(submissions)
@@ -73,6 +86,45 @@ def launch_sweep(members: list[PlannedMember], sweep_dir: Path, options: SweepSe
           f"watch:     python -m cluster status {manifest.sweep_dir}\n"
           f"results:   python -m cluster collect {manifest.sweep_dir}", file=sys.stdout, flush=True)
     return manifest
+
+
+def describe_dry_run(members: list[PlannedMember], kind: str, options: SweepSettings) -> str:
+    """What the sweep would submit: its job arrays and their sizes, and the batch script of the first."""
+    if kind == "local":
+        return (f"dry run: {len(members)} member(s) would run on this machine, {options.local_parallelism} at a "
+                "time; nothing was started\n" + "\n".join(f"  member {p.member.index}: {' '.join(p.member.overrides)}"
+                                                         for p in members))
+    try:
+        limit, source = max_array_size(), "the cluster's MaxArraySize"
+    except SlurmUnavailableError:
+        limit, source = 1001, "Slurm's default MaxArraySize (the cluster did not answer)"
+    limit = min(limit, options.max_array_size or limit)
+    submissions = [(p.member, {"resources": p.plan.slurm}) for p in members]
+    arrays = plan_arrays(submissions, limit)
+    lines = [f"dry run: {len(members)} member(s) would go to Slurm as {len(arrays)} job array(s) (at most {limit} "
+             f"tasks each: {source}); nothing was submitted"]
+    for number, (resources, part) in enumerate(arrays, start=1):
+        lines.append(f"  array {number}: members {part[0][0].index}-{part[-1][0].index} ({len(part)} tasks, at most "
+                     f"{options.array_parallelism} at once): {resources.nodes} node(s) x {resources.tasks_per_node} "
+                     f"task(s), {resources.timeout_min} min, partition {resources.partition or '(default)'}")
+    resources, part = arrays[0]
+    first = part[0][0]
+    lines += [f"# the batch script of array 1 (its task 0 is member {first.index}: {' '.join(first.overrides)})",
+              render_sbatch(resources, folder=Path(first.run_dir).parent.resolve() / "logs", array_size=len(part),
+                            array_parallelism=options.array_parallelism)]
+    return "\n".join(lines)
+
+
+def forget(manifest: Manifest, members: list[Member]) -> None:
+    """Take members that were never submitted off the record, with the directories made for them."""
+    indices = {m.index for m in members}
+    manifest.members = [m for m in manifest.members if m.index not in indices]
+    for member in members:
+        remove_if_unused(Path(member.run_dir))
+    if manifest.members:
+        manifest.write()
+    else:  # Hydra's record of the sweep, the manifest and submitit's leftovers: the sweep never was
+        remove_if_unused(Path(manifest.sweep_dir), also=("multirun.yaml", MANIFEST, SUBMISSIONS))
 
 
 def sweep_kind(members: list[PlannedMember]) -> str:

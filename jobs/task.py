@@ -12,6 +12,7 @@ from cluster.errors import ClusterError
 from cluster.requeue import JobEnd
 from cluster.runtime.process_group import process_group
 from cluster.runtime.supervisor import BudgetSpentError, Supervisor
+from cluster.submitit_compat import keep_result_folder
 from jobs.loop import TrainingDivergedError, train
 from jobs.plan import JobPlan
 from jobs.user_errors import config_key
@@ -36,11 +37,15 @@ def run_task(plan: JobPlan, run_dir: Path, env: TaskEnvironment | None = None) -
         shared = [str(run_dir)]
         dist.broadcast_object_list(shared, src=0, device=group.device)
         run_dir = Path(shared[0])
+        run_dir.mkdir(parents=True, exist_ok=True)  # a retried member whose directory was deleted starts anew
         supervisor = Supervisor(env, run_dir, budget=plan.requeue, warning_signal=plan.stop_signal,
                                 lead_s=plan.signal_lead_s, device=group.device, spell=config_key)
         supervisor.start()
         try:
-            return train(plan, env, group.device, run_dir, supervisor)
+            summary = train(plan, env, group.device, run_dir, supervisor)
+            if env.started_by in ("slurm", "local"):
+                keep_result_folder()  # where submitit writes what this task returns
+            return summary
         except (JobEnd, BudgetSpentError):  # the supervisor's own decisions
             raise
         except Exception as error:

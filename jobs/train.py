@@ -30,12 +30,12 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 @hydra.main(version_base=None, config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    with exit_on_user_error():
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    with exit_on_user_error(run_dir):
         # Late: it imports torch (2-4 s), which a sweep (-m) never needs; sweeps do not get here.
         from jobs.start import START
 
         plan = plan_from_config(cfg)
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
         summary = START[plan.cluster.name](plan, run_dir)
         if summary is not None:
             print_summary(summary)

@@ -8,15 +8,18 @@ The library names settings by its own names (``cluster.errors``: ``partition``, 
 import contextlib
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 from cluster.environment import HalfSetEnvironmentError
-from cluster.errors import ClusterError, spelled
+from cluster.errors import ClusterError, RunDirectoryBusyError, spelled
 from cluster.local.ranks import TaskFailedError
+from cluster.rundir import remove_if_unused
 from cluster.slurm.resources import SlurmResources
 
 CONFIG_KEYS: dict[str, str] = {
     **{field: f"cluster.{field}" for field in SlurmResources.__dataclass_fields__},
     "run_dir": "hydra.run.dir",
+    "sweep_dir": "hydra.sweep.dir",
     "allow_changes": "train.allow_changes",
     "global_batch_size": "train.global_batch_size",
     "pp": "strategy.pp",
@@ -48,11 +51,15 @@ def describe(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def exit_on_user_error() -> Iterator[None]:
+def exit_on_user_error(run_dir: Path | None = None) -> Iterator[None]:
+    """One line and the exit code for what the user must fix; ``run_dir``, made for this command, is removed
+    when nothing trained in it (a refused run leaves nothing behind)."""
     try:
         yield
     except USER_ERRORS as error:
         print(f"error: {describe(error)}", file=sys.stderr)
+        if run_dir is not None and not isinstance(error, RunDirectoryBusyError):  # the other run's, then
+            remove_if_unused(run_dir)
         sys.exit(2)
     except TaskFailedError as error:
         print(f"error: {error}", file=sys.stderr)

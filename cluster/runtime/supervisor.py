@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from cluster.environment import TaskEnvironment
-from cluster.errors import one_line
+from cluster.errors import RunDirectoryBusyError, one_line, spelled
 from cluster.requeue import (
     EXIT_REQUEUE,
     REQUEUEABLE,
@@ -30,9 +30,10 @@ from cluster.requeue import (
     signal_cause,
     unexplained_end,
 )
-from cluster.rundir import EventLog, read_events
+from cluster.rundir import EventLog, check_unclaimed, claim, read_events
 from cluster.runtime.checkpoint_writer import SaveResult
 from cluster.runtime.stop_vote import StopVote
+from cluster.slurm.commands import own_job_id
 from cluster.warning_signals import StopFlag
 
 
@@ -59,6 +60,7 @@ class Supervisor:
     def __init__(self, env: TaskEnvironment, run_dir: Path, *, budget: RequeueBudget, warning_signal: str = "USR2",
                  lead_s: float, device: torch.device, spell: Callable[[str], str] = str):
         self.env, self.budget, self.lead_s, self.spell = env, budget, lead_s, spell
+        self.run_dir = run_dir
         # SIGTERM is a last-chance warning too: Slurm sends it KillWait seconds before SIGKILL.
         self.flag = StopFlag((warning_signal, "TERM")).install()
         self.vote = StopVote(self.flag, device)
@@ -75,6 +77,14 @@ class Supervisor:
     def start(self) -> None:
         """Record this run; end it at once when the previous one was lost and the failure budget is spent."""
         dist.barrier()  # every rank has read the history before rank 0 adds to it
+        refusal = [self._claim() if self.env.is_main else ""]
+        dist.broadcast_object_list(refusal, src=0)
+        if refusal[0]:  # another live job trains here: end without a word in its events, and without a requeue
+            reason = spelled(refusal[0], self.spell)
+            if self.env.is_main:
+                print(f"error: {reason}", flush=True)
+                note_on_job(self.env, f"ended: {reason}"[:240])
+            raise JobEnd(1)
         lost = unexplained_end(self.history, self.env.job_id, self.restart)
         if lost is not None:
             allowed, phrase = budget_left(self.budget, self.history, "lost", self.spell)
@@ -87,6 +97,18 @@ class Supervisor:
             self.log.record("started", nodes=self.env.num_nodes, world_size=self.env.world_size,
                             launcher=self.env.started_by, host=os.uname().nodename)
             self._check_lead_time(self.slowest_save_s)
+
+    def _claim(self) -> str:
+        """Rank 0 of a Slurm job claims the run directory for its job; why it may not (a template), or ""."""
+        if self.env.started_by != "slurm":
+            return ""  # a local run holds the directory's lock (cluster.rundir.hold) from its launcher
+        own = own_job_id()
+        try:
+            check_unclaimed([self.run_dir], allowed=own)
+        except RunDirectoryBusyError as error:
+            return error.template
+        claim(self.run_dir, own)
+        return ""
 
     def should_stop(self, step: int) -> bool:
         """Whether all ranks agreed to stop at this step boundary (a warning reached some rank)."""

@@ -17,6 +17,10 @@ from cluster.errors import SlurmUnavailableError, literal
 TIMEOUT_S = 15  # a healthy controller answers in well under a second
 RANK_TIMEOUT_S = 20  # a rank asking about its own job waits a little longer: it has nothing else to do
 _ARRAY_RANGE = re.compile(r"^(\d+)_\[([^\]]+)\]$")  # sacct's pending tasks of an array: 123_[4-11%4]
+# Slurm's job states: still queued or running, and ended otherwise than COMPLETED.
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
+          "REQUEUE_FED", "STAGE_OUT", "SIGNALING"}
+ENDED_BADLY = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 _HINT = "check `scontrol ping`, or start the local cluster: slurm/local-cluster up"
 
 
@@ -109,6 +113,11 @@ def parse_states(output: str) -> dict[str, tuple[str, str]]:
         for job_id in expand_array_ids(parts[0]):
             states[job_id] = (state, parts[2])
     return states
+
+
+def job_state(job_id: str) -> str:
+    """One job's state ("" when Slurm does not know it, or does not answer)."""
+    return job_states([job_id])[0].get(job_id, ("", ""))[0]
 
 
 def job_states(job_ids: list[str]) -> tuple[dict[str, tuple[str, str]], str]:

@@ -71,6 +71,7 @@ def parse_partitions(output: str) -> list[Partition]:
 class Node:
     cpus: int  # CPUs that jobs may use
     gpus: int  # GPUs in its generic resources
+    features: tuple[str, ...] = ()  # what a constraint may ask for (AvailableFeatures)
 
 
 def parse_nodes(output: str) -> dict[str, Node]:
@@ -81,7 +82,9 @@ def parse_nodes(output: str) -> dict[str, Node]:
         if "NodeName" in record:
             # Gres=gpu:8 or gpu:h100:8(S:0-1), several joined by commas; (null) when none
             gpus = sum(int(m) for m in re.findall(r"gpu(?::[^:,(]+)?:(\d+)", record.get("Gres", "")))
-            nodes[record["NodeName"]] = Node(cpus=int(record.get("CPUEfctv", record.get("CPUTot", "0"))), gpus=gpus)
+            features = record.get("AvailableFeatures", "(null)")
+            nodes[record["NodeName"]] = Node(cpus=int(record.get("CPUEfctv", record.get("CPUTot", "0"))), gpus=gpus,
+                                             features=() if features == "(null)" else tuple(features.split(",")))
     return nodes
 
 
@@ -108,6 +111,18 @@ def check_fits(resources: SlurmResources, partitions: list[Partition], nodes: di
         raise SettingError(f"{{k.timeout_min}}={resources.timeout_min} exceeds partition {literal(chosen.name)}'s "
                            f"MaxTime of {chosen.max_time_min} min; lower it, or pick a partition that allows it")
     offered = [nodes[name] for name in chosen.nodes if name in nodes]
+    if resources.exclude:
+        unknown = [name for name in expand_hostlist(resources.exclude) if name not in nodes]
+        if unknown:
+            raise SettingError(f"{{k.exclude}} names no node of this cluster: {literal(', '.join(unknown))} (nodes: "
+                               f"{literal(', '.join(sorted(nodes)))}); fix {{k.exclude}}")
+    if resources.constraint:
+        features = {feature for node in offered for feature in node.features}
+        asked = set(re.findall(r"[A-Za-z_][\w.-]*", re.sub(r"\*\d+", "", resources.constraint)))
+        if asked - features:
+            raise SettingError(f"{{k.constraint}} asks for {literal(', '.join(sorted(asked - features)))}, which no "
+                               f"node of partition {literal(chosen.name)} has (features: "
+                               f"{literal(', '.join(sorted(features)) or 'none')}); fix {{k.constraint}}")
     wanted = resources.tasks_per_node * resources.cpus_per_task
     fitting = [n for n in offered if n.cpus >= wanted]
     if offered and len(fitting) < resources.nodes:

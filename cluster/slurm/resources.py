@@ -9,6 +9,15 @@ SIGNALS = ("USR1", "USR2", "TERM", "INT", "HUP", "QUIT", "ALRM")
 # Slurm may send the --signal warning up to this many seconds before it is due (sbatch(1), --signal).
 SIGNAL_EARLY_S = 60
 _FLAG = re.compile(r"^[a-z][a-z0-9_-]*$")  # an sbatch long option's name
+# sbatch options the fields above (and submitit) set: an additional flag may not set them another way.
+# flag -> the field that sets it (None: set by the library itself: log files, arrays)
+MANAGED: dict[str, str | None] = {
+    "nodes": "nodes", "ntasks-per-node": "tasks_per_node", "ntasks": "tasks_per_node", "cpus-per-task": "cpus_per_task",
+    "time": "timeout_min", "signal": "signal", "partition": "partition", "account": "account", "qos": "qos",
+    "constraint": "constraint", "exclude": "exclude", "gpus-per-node": "gpus_per_node", "gpus": "gpus_per_node",
+    "gres": "gpus_per_node", "mem": "mem_gb", "job-name": "job_name",
+    "output": None, "error": None, "open-mode": None, "array": None,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +67,11 @@ class SlurmResources:
             if not _FLAG.match(flag):
                 raise SettingError(f"{{k.additional}} flag {literal(repr(flag))} is no sbatch option name "
                                    "(like 'mail-type')")
+            if flag in MANAGED:
+                field = MANAGED[flag]
+                instead = f"set {{k.{field}}} instead" if field else "the library sets it (logs, arrays); remove it"
+                raise SettingError(f"{{k.additional}} flag {literal(repr(flag))} would override what the checks and "
+                                   f"the dry run show; {instead}")
 
     @property
     def world_size(self) -> int:

@@ -5,16 +5,25 @@ fed the very parameters the executor submits with, so a dry run shows exactly th
 ``sbatch`` would get.
 """
 
+import contextlib
+import io
 import shlex
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import submitit
+from submitit.core.utils import FailedJobError
 
+from cluster.errors import ClusterError, SettingError, literal
 from cluster.slurm.resources import SlurmResources
 from cluster.submitit_compat import executor_with_command, make_sbatch_string
+
+
+class SubmissionRefusedError(ClusterError, RuntimeError):
+    """sbatch refused the job; nothing was submitted."""
 
 
 def sbatch_parameters(resources: SlurmResources) -> dict[str, Any]:
@@ -52,15 +61,41 @@ def render_sbatch(resources: SlurmResources, *, folder: Path, python: str = sys.
                               **sbatch_parameters(resources), **array)
 
 
+def check_setup(resources: SlurmResources) -> None:
+    """The setup lines must parse as shell (``bash -n``): a typo would fail the job in 0 s, with no word why."""
+    if not resources.setup:
+        return
+    parsed = subprocess.run(["bash", "-n"], input="\n".join(resources.setup) + "\n", capture_output=True, text=True,
+                            timeout=10)
+    if parsed.returncode:
+        reason = (parsed.stderr.strip().splitlines() or ["a syntax error"])[-1].removeprefix("bash: ")
+        raise SettingError(f"{{k.setup}} is not valid shell ({literal(reason)}); fix the line, it runs in the batch "
+                           "script before the ranks start")
+
+
 def _executor(folder: Path) -> submitit.SlurmExecutor:
     return executor_with_command(task_command(folder, sys.executable), folder)
+
+
+@contextlib.contextmanager
+def _sbatch_answers() -> Iterator[None]:
+    """sbatch's refusal as one SubmissionRefusedError with its reason (submitit would also print it)."""
+    echoed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(echoed):
+            yield
+    except FailedJobError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = next((line for line in lines if "error" in line.lower()), lines[0] if lines else "no reason given")
+        raise SubmissionRefusedError(f"sbatch refused the job, nothing was submitted: {literal(reason)}") from None
 
 
 def submit(fn: Callable[..., Any], *args: Any, resources: SlurmResources, folder: Path) -> "submitit.Job[Any]":
     """Submit ``fn(*args)`` as one job with every task running it; returns at once."""
     executor = _executor(folder)
     executor.update_parameters(**sbatch_parameters(resources))
-    return executor.submit(fn, *args)
+    with _sbatch_answers():
+        return executor.submit(fn, *args)
 
 
 def submit_array(fn: Callable[..., Any], arg_lists: list[tuple[Any, ...]], *, resources: SlurmResources,
@@ -69,4 +104,5 @@ def submit_array(fn: Callable[..., Any], arg_lists: list[tuple[Any, ...]], *, re
     tasks running at once; every array task is a job of ``resources`` (several nodes if asked)."""
     executor = _executor(folder)
     executor.update_parameters(**sbatch_parameters(resources), array_parallelism=parallelism)
-    return executor.map_array(fn, *zip(*arg_lists))
+    with _sbatch_answers():
+        return executor.map_array(fn, *zip(*arg_lists))

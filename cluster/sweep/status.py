@@ -13,16 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from cluster.rundir import RunDir, read_events, read_jsonl
-from cluster.slurm.commands import job_states
+from cluster.slurm.commands import ACTIVE, ENDED_BADLY, job_states
 from cluster.sweep.local_queue import SOURCE as LOCAL_SOURCE
 from cluster.sweep.local_queue import local_states, member_log
 from cluster.sweep.manifest import Manifest, Member, find_manifest
 
 # python -m cluster's exit codes (and hydra.launcher.wait's)
 ALL_DONE, SOME_FAILED, USAGE, STILL_RUNNING = 0, 1, 2, 3
-ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
-          "REQUEUE_FED", "STAGE_OUT", "SIGNALING"}
-ENDED_BADLY = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
 
 @dataclasses.dataclass

@@ -62,6 +62,8 @@ class ClusterjobsLauncher(Launcher):
             options = SweepSettings(**self.settings)  # type: ignore[arg-type]
             members = self._plan_all(job_overrides, initial_job_idx)
             manifest = launch_sweep(members, Path(str(self.config.hydra.sweep.dir)), options)
+            if manifest is None:  # a dry run
+                return []
             if options.wait:
                 from cluster.sweep.status import follow
 
@@ -256,6 +258,15 @@ ConfigStore.instance().store(group="hydra/sweeper", name="clusterjobs", node=Clu
 class ClusterjobsSweeper(BasicSweeper):
     """Hydra's basic sweeper without its trial composition of every member: the launcher composes each
     member once and names every refused one, so composing them all twice only kept the prompt."""
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from cluster.rundir import check_writable
+        from jobs.user_errors import exit_on_user_error
+
+        assert self.config is not None
+        with exit_on_user_error():  # one line, where Hydra's own makedirs would raise a traceback
+            check_writable(Path(str(self.config.hydra.sweep.dir)), setting="sweep_dir")
+        return super().sweep(arguments)
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         return None
