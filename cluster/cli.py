@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cluster.errors import ClusterError
 from cluster.slurm import commands
 from cluster.slurm.commands import ENDED_BADLY
 from cluster.sweep.arrays import submit_members
@@ -161,4 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except (NotASweepError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return USAGE
+    except ClusterError as error:  # a member's directory still in use, Slurm refusing or not answering
+        print(f"error: {error.phrase(lambda name: 'run directory' if name == 'run_dir' else name)}",
+              file=sys.stderr)
         return USAGE

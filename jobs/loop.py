@@ -147,7 +147,7 @@ def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Pa
                 supervisor.stopped(trainee.step)  # ends the task (JobEnd)
             if trainee.step == cfg.steps:
                 break
-    writer.close()
+    writer.check_last()  # a run whose final state could not be saved has not succeeded
     supervisor.finished(trainee.step)
     elapsed = time.perf_counter() - started
     digest = param_digest(trainee.model, staged=pipeline is not None)  # every rank: shards and stages are gathered

@@ -104,7 +104,8 @@ def describe_dry_run(members: list[PlannedMember], kind: str, options: SweepSett
     lines = [f"dry run: {len(members)} member(s) would go to Slurm as {len(arrays)} job array(s) (at most {limit} "
              f"tasks each: {source}); nothing was submitted"]
     for number, (resources, part) in enumerate(arrays, start=1):
-        lines.append(f"  array {number}: members {part[0][0].index}-{part[-1][0].index} ({len(part)} tasks, at most "
+        indices = spans([member.index for member, _ in part])
+        lines.append(f"  array {number}: members {indices} ({len(part)} tasks, at most "
                      f"{options.array_parallelism} at once): {resources.nodes} node(s) x {resources.tasks_per_node} "
                      f"task(s), {resources.timeout_min} min, partition {resources.partition or '(default)'}")
     resources, part = arrays[0]
@@ -113,6 +114,17 @@ def describe_dry_run(members: list[PlannedMember], kind: str, options: SweepSett
               render_sbatch(resources, folder=Path(first.run_dir).parent.resolve() / "logs", array_size=len(part),
                             array_parallelism=options.array_parallelism)]
     return "\n".join(lines)
+
+
+def spans(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``0-2,5,7-8``."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    return ",".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
 
 
 def forget(manifest: Manifest, members: list[Member]) -> None:

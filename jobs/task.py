@@ -10,6 +10,7 @@ import torch.distributed as dist
 from cluster.environment import TaskEnvironment, detect_environment
 from cluster.errors import ClusterError
 from cluster.requeue import JobEnd
+from cluster.runtime.checkpoint_writer import SaveFailedError
 from cluster.runtime.process_group import process_group
 from cluster.runtime.supervisor import BudgetSpentError, Supervisor
 from cluster.submitit_compat import keep_result_folder
@@ -51,7 +52,7 @@ def run_task(plan: JobPlan, run_dir: Path, env: TaskEnvironment | None = None) -
         except Exception as error:
             # A divergence comes back bit for bit after an exact resume; an error of the set-up (before the first
             # step: the configuration, the run directory, a checkpoint) too.
-            repeats = isinstance(error, TrainingDivergedError) or (
+            repeats = isinstance(error, (TrainingDivergedError, SaveFailedError)) or (
                 not supervisor.stepped and isinstance(error, DETERMINISTIC))
             supervisor.failed(error, step=supervisor.step, deterministic=repeats)
             raise

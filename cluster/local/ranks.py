@@ -65,14 +65,17 @@ def _watched(launcher_pid: int, fn: Callable[..., R], *args: Any) -> R:
 def _rank0_result(job: "submitit.Job[Any]") -> Any:
     """Rank 0's return value, or every failed rank's last error line (one rank's crash often
     shows on the others as a closed connection, so the cause may be on any of them)."""
-    failures = []
+    failures: dict[str, list[int]] = {}  # last line -> the ranks that ended with it
+    logs = {}
     for index in range(job.num_tasks):
         task = job.task(index)
         error = task.exception()
         if error is not None:
             text = failure_text(error)
-            last = text.splitlines()[-1] if text else repr(error)
-            failures.append(f"rank {index}: {last} (log: {task.paths.stderr})")
+            failures.setdefault(text.splitlines()[-1] if text else repr(error), []).append(index)
+            logs[index] = task.paths.stderr
     if failures:
-        raise TaskFailedError("training failed on " + "; ".join(failures))
+        raise TaskFailedError("training failed on " + "; ".join(
+            f"rank{'s' * (len(ranks) > 1)} {', '.join(map(str, ranks))}: {last} (log: {logs[ranks[0]]})"
+            for last, ranks in failures.items()))
     return job.task(0).result()

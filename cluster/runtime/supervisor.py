@@ -173,14 +173,14 @@ class Supervisor:
         if self.env.started_by not in REQUEUEABLE:
             raise error  # nothing here restarts the job: torchrun's --max-restarts or the user decide
         if kind == "config":
-            self._give_up(f"an error a retry would repeat ({text[:200]})", error)
+            self._give_up(f"an error a retry would repeat ({text[:500]})", error)
         again = [e for e in self.history if e.get("event") == "failed" and e.get("kind") == "exception"
                  and e.get("step") == step and e.get("error") == text[:500]]
         if kind == "exception" and again:
-            self._give_up(f"the same exception at step {step} twice ({text[:200]})", error)
+            self._give_up(f"the same exception at step {step} twice ({text[:500]})", error)
         allowed, phrase = budget_left(self.budget, self.history, "failure", self.spell)
         if not allowed:
-            self._give_up(f"{text[:200]}, and the {phrase}", error)
+            self._give_up(f"{text[:500]}, and the {phrase}", error)
         self._requeue("failure", step, phrase)
         raise JobEnd(EXIT_REQUEUE) from error
 

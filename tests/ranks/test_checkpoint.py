@@ -17,6 +17,7 @@ from cluster.runtime.checkpoint import (
     check_compatible,
     latest_checkpoint,
     list_checkpoints,
+    partial_dir,
     read_marker,
     read_state,
     read_whole,
@@ -109,7 +110,8 @@ def test_failed_write_keeps_the_previous_checkpoint_and_leaves_nothing_half_writ
         result = writer.close()
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    assert result.folder is None and "step-000020.partial: check the free space" in result.error
+    assert result.folder is None and "step-000020.partial (" in result.error
+    assert "MB free there): check the free space" in result.error
     assert [step for step, _ in list_checkpoints(tmp_path)] == [10]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000010"]
 
@@ -185,3 +187,29 @@ def test_marker_records_every_file_size(group, tmp_path):
     sizes = json.loads((folder / MARKER).read_text())["files"]
     assert sizes == {p.name: p.stat().st_size for p in folder.iterdir() if p.name != MARKER}
     assert dist.is_initialized()
+
+
+def test_a_save_is_not_tried_without_room_and_three_failures_in_a_row_stop_the_run(group, tmp_path, monkeypatch):
+    from cluster.runtime import checkpoint_writer
+    from cluster.runtime.checkpoint_writer import MAX_FAILURES_IN_A_ROW, SaveFailedError
+
+    writer = save(tmp_path, 1)  # 1 checkpoint on disk: the next needs as much again
+    free = {"bytes": 10 << 20}
+    monkeypatch.setattr(checkpoint_writer.shutil, "disk_usage",
+                        lambda path: type("usage", (), {"free": free["bytes"]})())
+    free["bytes"] = 1000  # less than a checkpoint: the filesystem visibly lacks the room
+    for step in range(2, 2 + MAX_FAILURES_IN_A_ROW):
+        writer.save(state(step), step, {"world_size": 1, "config": CONFIG})
+        writer.close()
+        assert writer.last.error.startswith("not tried: it needs about") and "MB are free at" in writer.last.error
+        assert not partial_dir(tmp_path, step).exists() and not step_dir(tmp_path, step).exists()
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [1], "nothing complete was deleted to make room"
+    with pytest.raises(SaveFailedError, match="3 checkpoints in a row could not be written"):
+        writer.save(state(9), 9, {"world_size": 1, "config": CONFIG})
+    with pytest.raises(SaveFailedError, match="the checkpoint at step 4 could not be written"):
+        writer.check_last()  # a failed final save fails the run
+    free["bytes"] = 10 << 20
+    writer.failures_in_a_row = 0
+    writer.save(state(10), 10, {"world_size": 1, "config": CONFIG})
+    writer.check_last()  # room again: saved, no error
+    assert step_dir(tmp_path, 10).is_dir()

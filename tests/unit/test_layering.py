@@ -127,8 +127,21 @@ def test_the_torch_free_side_imports_without_torch_in_a_fresh_interpreter():
     assert json.loads(done.stdout) == [], "the torch-free side loaded torch"
 
 
-CONFIG_KEY = re.compile(r"(?<![\w.])(?:train|strategy|model|optim|data|requeue|distributed|hydra)\.[a-z_]+|"
-                        r"(?<![\w.])cluster\.[a-z_]+=|(?<![\w.])(?:model|strategy|cluster)=[a-z]")
+def config_keys() -> set[str]:
+    """Every config key of the trainer (``train.steps``, ``cluster.partition``, ...) and Hydra's that it names."""
+    import dataclasses
+
+    from jobs import settings
+
+    groups = {"model": settings.ModelConfig, "data": settings.DataConfig, "optim": settings.OptimConfig,
+              "strategy": settings.StrategyConfig, "cluster": settings.SlurmCluster,
+              "distributed": settings.DistributedConfig, "train": settings.TrainConfig, "requeue": settings.Requeue}
+    keys = {f"{group}.{field.name}" for group, cls in groups.items() for field in dataclasses.fields(cls)}
+    return keys | {"cluster.tasks_per_node", "hydra.run.dir", "hydra.sweep.dir", "hydra.launcher"}
+
+
+CONFIG_KEY = re.compile("|".join(rf"(?<![\w.]){re.escape(key)}(?![\w])" for key in sorted(config_keys()))
+                        + r"|(?<![\w.])(?:model|strategy|cluster|data|optim)=[a-z]")
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("cluster")))

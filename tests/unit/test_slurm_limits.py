@@ -69,3 +69,14 @@ def test_the_library_names_its_own_settings_and_the_trainer_its_config_keys():
         fits(partition="gpu")
     assert str(refused.value).endswith("; set partition=NAME")  # a script calling the library sees its names
     assert describe(refused.value).endswith("; set cluster.partition=NAME")  # python -m jobs.train's users, keys
+
+
+def test_excluded_nodes_and_constrained_features_must_exist():
+    nodes = parse_nodes(NODES + "\nNodeName=node5 CPUTot=2 AvailableFeatures=ib,a100 State=IDLE")
+    partitions = parse_partitions(PARTITIONS.replace("Nodes=node[1-4]", "Nodes=node[1-5]"))
+    check_fits(SlurmResources(exclude="node[2-3]", constraint="ib&a100*1"), partitions, nodes)
+    with pytest.raises(ValueError, match=r"^exclude names no node of this cluster: node9 "):
+        check_fits(SlurmResources(exclude="node[1,9]"), partitions, nodes)
+    with pytest.raises(ValueError, match=r"^constraint asks for h100, which no node of partition debug has "
+                                         r"\(features: a100, ib\)"):
+        check_fits(SlurmResources(constraint="ib|h100"), partitions, nodes)
