@@ -95,11 +95,13 @@ def test_failed_checkpoint_write_keeps_the_previous_one_and_is_reported(tmp_path
     def small_disk():  # every file may grow to 100 kB: the metrics fit, a checkpoint (~800 kB) does not
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
 
-    result = run_train(*short, "train.steps=20", f"hydra.run.dir={tmp_path}", preexec_fn=small_disk)
+    result = run_train(*short, "train.steps=20", f"hydra.run.dir={tmp_path}", preexec_fn=small_disk, check=False)
     assert "warning: checkpoint at step 15 failed (" in result.stdout
     assert "check the free space, quota and permissions there)" in result.stdout
+    # The final state exists nowhere: the run has not succeeded, and says so.
+    assert result.returncode != 0 and "error: the checkpoint at step 20 could not be written" in result.stderr
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert checkpoints == ["step-000005", "step-000010"]  # no half-written folder left
-    assert read_summary(tmp_path)["last_checkpoint"].endswith("step-000010")
+    assert read_summary(tmp_path)["steps"] == 10  # the summary is still the first run's
     failed = [e for e in read_events(tmp_path) if e["event"] == "checkpoint-failed"]
     assert [e["step"] for e in failed] == [15, 20]
