@@ -21,9 +21,26 @@ def check_before_start(plan: JobPlan, run_dir: Path, *, world_size: int | None =
     check_batch_fits_the_data(plan, dims.dp)
     if plan.slurm is not None:
         check_setup(plan.slurm)
+        check_slurm_devices(plan)
     check_writable(run_dir)
     if RunDir(run_dir).checkpoints.is_dir():
         check_checkpoint(plan, RunDir(run_dir).checkpoints, world_size)
+
+
+def check_slurm_devices(plan: JobPlan) -> None:
+    """NCCL gives every rank a GPU of its own: a Slurm job must ask for as many per node as it starts ranks."""
+    resources, backend = plan.slurm, plan.rank_backend
+    assert resources is not None
+    if backend != "nccl":
+        return
+    if not resources.gpus_per_node:
+        raise ValueError("distributed.backend=nccl needs GPUs, and the job asks for none; set cluster.gpus_per_node, "
+                         "or distributed.backend=gloo (or auto)")
+    if resources.tasks_per_node > resources.gpus_per_node:
+        raise ValueError(f"cluster.tasks_per_node={resources.tasks_per_node} ranks per node would share "
+                         f"cluster.gpus_per_node={resources.gpus_per_node} GPUs, and NCCL needs a GPU per rank; set "
+                         f"cluster.tasks_per_node={resources.gpus_per_node} (or 0: one per GPU), or "
+                         "distributed.backend=gloo")
 
 
 def check_batch_fits_the_data(plan: JobPlan, dp: int) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cluster.devices import LocalDevices, place_local_ranks, visible_gpus
 from cluster.parallel_dims import ParallelDims
 from cluster.requeue import RequeueBudget
 from cluster.slurm.resources import SlurmResources
@@ -62,7 +63,22 @@ class JobPlan:
         """Ranks the launcher will start; None for cluster=inline, whose ranks exist already."""
         if self.slurm is not None:
             return self.slurm.world_size
-        return {"local": self.cluster.tasks_per_node, "debug": 1}.get(self.cluster.name)
+        if self.cluster.name == "local":
+            return self.local_devices().ranks
+        return {"debug": 1}.get(self.cluster.name)
+
+    def local_devices(self) -> LocalDevices:
+        """cluster=local: how many ranks, each on which GPU, over which backend (``cluster.devices``)."""
+        return place_local_ranks(ranks=self.cluster.tasks_per_node, backend=self.distributed.backend,
+                                 visible=visible_gpus())
+
+    @property
+    def rank_backend(self) -> str:
+        """The backend the ranks join with. On Slurm, ``auto`` follows what the job asked for (GPUs or not), not
+        what a node happens to show; cluster=local has it decided by ``local_devices`` (``jobs.start``)."""
+        if self.distributed.backend != "auto" or self.slurm is None:
+            return self.distributed.backend
+        return "nccl" if self.slurm.gpus_per_node else "gloo"
 
     def check_world(self, world_size: int) -> ParallelDims:
         """The split of ``world_size`` ranks this plan asks for; raises unless it fits."""

@@ -135,7 +135,7 @@ class StrategyConfig:
 @dataclasses.dataclass
 class ClusterConfig:
     name: str = MISSING  # where ranks run: local (N processes here), debug (this process), inline (already started)
-    tasks_per_node: int = 1  # local: number of ranks to start
+    tasks_per_node: int = 1  # local: ranks to start (0: one per visible GPU, or 2 without GPUs; cluster.devices)
     timeout_min: float = 60.0  # local: wall-clock limit of the run, in minutes
     wait: bool = False  # slurm only (see SlurmCluster)
     dry_run: bool = False  # slurm only (see SlurmCluster)
@@ -144,7 +144,9 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         with config_keys("cluster"):
             require_one_of("name", self.name, CLUSTERS)
-            require_positive(tasks_per_node=self.tasks_per_node, timeout_min=self.timeout_min)
+            require_positive(timeout_min=self.timeout_min)
+        if self.tasks_per_node < 0:
+            raise ValueError("cluster.tasks_per_node must not be negative; use 0 for one rank per visible GPU")
         if self.signal_lead_s < 0:
             raise ValueError("cluster.signal_lead_s must not be negative; use 0 for a signal at the timeout itself")
 

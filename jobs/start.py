@@ -2,7 +2,7 @@
 rank 0's summary. Checks that can fail run here, before any rank starts."""
 
 import contextlib
-import glob
+import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,28 +28,23 @@ Summary = dict[str, Any] | None
 RUN_TASK = ByName("jobs.task", "run_task")
 
 
-def visible_gpus() -> int:
-    """CUDA devices this machine shows; torch is asked only where an NVIDIA device file exists."""
-    if not glob.glob("/dev/nvidia[0-9]*"):
-        return 0
-    import torch
-
-    return torch.cuda.device_count()
-
-
 def run_local(plan: JobPlan, run_dir: Path) -> Summary:
-    """``cluster=local``: N ranks on this machine through submitit's LocalExecutor."""
-    tasks = plan.cluster.tasks_per_node
+    """``cluster=local``: N ranks on this machine through submitit's LocalExecutor, each on a GPU of its own
+    (NCCL) or all on the CPU (gloo): ``cluster.devices``."""
+    devices = plan.local_devices()
+    if devices.notice:
+        print(f"notice: {phrase(devices.notice)}", file=sys.stderr)
+    # The ranks get the number and the backend decided here, not "auto" to guess again each on its own.
+    plan = dataclasses.replace(plan, cluster=dataclasses.replace(plan.cluster, tasks_per_node=devices.ranks),
+                               distributed=dataclasses.replace(plan.distributed, backend=devices.backend))
     check_before_start(plan, run_dir)
     progress = ProgressLine(plan.train.steps, stream=sys.stderr)
     with rundir.hold(run_dir), contextlib.closing(progress):
         rundir.check_unclaimed([run_dir])  # a Slurm job may train here too
         return launch_local(
             RUN_TASK, plan, run_dir,
-            # submitit hides every GPU from its tasks (CUDA_VISIBLE_DEVICES="") unless told how many to show
-            tasks=tasks, timeout_min=plan.cluster.timeout_min, signal_lead_s=plan.cluster.signal_lead_s,
-            gpus=min(tasks, visible_gpus()),
-            log_dir=RunDir(run_dir).logs, on_poll=MetricsFollower(run_dir, progress).poll,
+            tasks=devices.ranks, timeout_min=plan.cluster.timeout_min, signal_lead_s=plan.cluster.signal_lead_s,
+            devices=devices.per_rank, log_dir=RunDir(run_dir).logs, on_poll=MetricsFollower(run_dir, progress).poll,
         )
 
 

@@ -32,7 +32,7 @@ def run_task(plan: JobPlan, run_dir: Path, env: TaskEnvironment | None = None) -
     # Slurm already pins each task to its own CPUs.
     ranks_here = 1 if env.started_by == "slurm" else max(1, env.world_size // env.num_nodes)
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // ranks_here))
-    with process_group(env, backend=plan.distributed.backend, timeout_s=plan.distributed.timeout_s) as group:
+    with process_group(env, backend=plan.rank_backend, timeout_s=plan.distributed.timeout_s) as group:
         # Ranks started by hand (torchrun, srun) each composed their own Hydra run directory,
         # and a timestamped one can differ by a second between them: rank 0's wins.
         shared = [str(run_dir)]

@@ -25,6 +25,7 @@ from cluster.runtime.checkpoint import (
     read_marker,
     read_state,
     remove_partials,
+    saved_keys,
 )
 from cluster.runtime.rng import capture_rng_state, restore_rng_state
 from jobs.plan import JobPlan
@@ -87,6 +88,9 @@ def resume(trainee: Trainee, plan: JobPlan, env: TaskEnvironment, root: Path,
     # Another world size (allowed by the user) has other ranks: their RNG streams start fresh.
     same_layout = marker.get("world_size") == env.world_size
     state = checkpoint_state(trainee, env.rank, with_rng=same_layout)
+    rng = state.get(rng_key(env.rank), {})
+    if "cuda" in rng and not any(key.startswith(f"{rng_key(env.rank)}.cuda") for key in saved_keys(folder)):
+        del rng["cuda"]  # written without CUDA (a CPU run): the GPU's generator keeps its seed
     read_state(state, folder, process_group=group)
     set_state_dict(trainee.model, trainee.optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optimizer"], options=OPTIONS)

@@ -9,6 +9,15 @@ import pytest
 from tests.helpers import REPO, slurm_required
 
 
+@pytest.fixture(autouse=True)
+def cpu_tests_see_no_gpu(request, monkeypatch):
+    """Every test but a ``gpu`` one runs on the CPU (gloo), with or without a GPU in the machine: backend
+    ``auto`` would otherwise pick NCCL there, and exact comparisons would meet GPU non-determinism. The
+    variable reaches every process a test starts, local ranks and Slurm tasks alike."""
+    if request.node.get_closest_marker("gpu") is None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
 @pytest.fixture
 def cpu_only_env():
     """Environment for a child run: no launcher variables leaking in from the test's own process."""

@@ -29,18 +29,18 @@ def launch_local(
     timeout_min: float,
     log_dir: Path,
     signal_lead_s: int = 30,  # the tasks get USR2 this long before timeout_min, and may ask to be restarted
-    gpus: int = 0,  # GPUs the tasks may see (submitit shows none by default)
+    devices: tuple[str, ...] = (),  # each task's CUDA_VISIBLE_DEVICES ("": no GPU); none given: no GPU for any
     on_poll: Callable[[], None] = lambda: None,
 ) -> R:
     """Run ``fn(*args)`` in ``tasks`` processes on this machine and wait; ``on_poll`` runs while waiting.
 
     Each rank stops itself when this process is gone (see ``cluster.local.watchdog``), so killing the
-    launcher kills the run, as it does with torchrun.
+    launcher kills the run, as it does with torchrun. Each sees the GPU ``devices`` gives it, and only
+    that one (submitit would show every task the first N GPUs, whatever the user's own mask).
     """
     executor = submitit.LocalExecutor(folder=log_dir)
-    executor.update_parameters(tasks_per_node=tasks, nodes=1, timeout_min=timeout_min, gpus_per_node=gpus,
-                               signal_delay_s=signal_lead_s)
-    job = executor.submit(_watched, os.getpid(), fn, *args)
+    executor.update_parameters(tasks_per_node=tasks, nodes=1, timeout_min=timeout_min, signal_delay_s=signal_lead_s)
+    job = executor.submit(_watched, os.getpid(), tuple(devices) or ("",) * tasks, fn, *args)
     try:
         return wait_for(job, on_poll=on_poll)
     finally:
@@ -57,8 +57,10 @@ def wait_for(job: "submitit.Job[Any]", *, on_poll: Callable[[], None] = lambda: 
     return _rank0_result(job)
 
 
-def _watched(launcher_pid: int, fn: Callable[..., R], *args: Any) -> R:
+def _watched(launcher_pid: int, devices: tuple[str, ...], fn: Callable[..., R], *args: Any) -> R:
     exit_when_gone(launcher_pid)
+    # Before anything initialises CUDA (torch reads the mask once, at its first CUDA call).
+    os.environ["CUDA_VISIBLE_DEVICES"] = devices[int(os.environ["SUBMITIT_LOCAL_LOCALID"])]
     return fn(*args)
 
 

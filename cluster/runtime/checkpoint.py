@@ -197,6 +197,11 @@ class _SafeWholeLoadPlanner(_WeightsOnlyBytes, WholeStateLoadPlanner):
     """Loads everything a checkpoint holds, without a template (DCP's ``dcp_to_torch_save`` planner)."""
 
 
+def saved_keys(folder: Path) -> set[str]:
+    """The flattened keys a checkpoint holds (``rng-rank-00000.cuda.0``, ...), from its index."""
+    return set(SafeReader(str(folder)).read_metadata().state_dict_metadata)
+
+
 def read_state(state: dict[str, Any], folder: Path, *, process_group: dist.ProcessGroup | None) -> None:
     """Fill ``state`` (a template: the keys and tensor shapes to load) from a checkpoint, in place."""
     with _reading(folder):

@@ -39,5 +39,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
                          numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # a CPU run's checkpoint has none; a GPU one's is kept
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):  # to the GPUs seen now
+            torch.cuda.set_rng_state(cuda_state, index)
