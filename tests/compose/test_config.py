@@ -31,7 +31,8 @@ def plan(*overrides: str) -> JobPlan:
 def test_default_is_the_seed_articles_mlp_with_ddp_on_two_local_ranks():
     p = plan()
     assert (p.model.name, p.model.hidden, p.data.name, p.strategy.name) == ("mlp", 128, "synthetic", "ddp")
-    assert (p.cluster.name, p.cluster.tasks_per_node, p.data.image_shape) == ("local", 2, (1, 28, 28))
+    assert (p.cluster.name, p.cluster.tasks_per_node, p.data.image_shape) == ("local", 0, (1, 28, 28))
+    assert p.world_size == 2  # 0: one rank per visible GPU, and the tests see none: 2 on the CPU
     assert p.train.steps > 0 and p.train.global_batch_size % 2 == 0
 
 
@@ -52,7 +53,7 @@ def test_overrides_reach_typed_fields():
     ("train.steps=0", "train.steps must be positive"),
     ("train.steps=-3", "train.steps must be positive"),
     ("train.global_batch_size=0", "train.global_batch_size must be positive"),
-    ("cluster.tasks_per_node=0", "cluster.tasks_per_node must be positive"),
+    ("cluster.tasks_per_node=-1", "cluster.tasks_per_node must not be negative"),
     ("optim.lr=-1", "optim.lr must be positive"),
     ("optim.schedule=linear", "unknown optim.schedule 'linear'"),
     ("+train.epochs=3", "unknown setting train.epochs; train takes: steps, global_batch_size"),

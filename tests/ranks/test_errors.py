@@ -32,7 +32,7 @@ def test_unknown_group_option_lists_the_choices(tmp_path, override, fragments):
 @pytest.mark.parametrize("override, fragments", [
     ("train.steps=0", ("error: train.steps must be positive", "set train.steps=")),
     ("train.global_batch_size=-8", ("train.global_batch_size must be positive",)),
-    ("cluster.tasks_per_node=0", ("cluster.tasks_per_node must be positive",)),
+    ("cluster.tasks_per_node=-1", ("cluster.tasks_per_node must not be negative",)),
     ("train.global_batch_size=33", ("global_batch_size=33 is not divisible by the 2", "use a multiple of 2")),
     ("strategy=single", ("strategy=single trains on one rank, but the job has 2",)),
     ("data=mnist data.root=/nonexistent", ("mnist files missing in /nonexistent/MNIST/raw", "train-images-idx3-ubyte",
