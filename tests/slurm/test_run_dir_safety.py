@@ -28,8 +28,14 @@ def left_queue(job_id: str, *, timeout: float = 120) -> None:
 
 
 def sacct(job_id: str, field: str) -> str:
-    return subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, f"--format={field}"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    """A field of an ended job as accounting has it: sacct lags squeue by a few seconds, so wait for the end."""
+    deadline = time.monotonic() + 60
+    while True:
+        state, value = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, f"--format=State,{field}"],
+                                      capture_output=True, text=True, check=True).stdout.strip().partition("|")[::2]
+        if state.split(" ")[0] not in ("", "PENDING", "RUNNING", "COMPLETING", "REQUEUED") or \
+                time.monotonic() > deadline:
+            return value
 
 
 def assert_one_line_refusal(result: subprocess.CompletedProcess, *fragments: str) -> None:
