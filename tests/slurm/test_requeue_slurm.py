@@ -174,12 +174,14 @@ def test_hybrid_keeps_pipelines_inside_a_node_and_resumes_exactly_after_preempti
 @pytest.mark.usefixtures("slurm_cluster")
 def test_time_limit_is_crossed_by_requeues(tmp_path, reference):
     # A 1-minute limit with the warning 45 s before the end: Slurm's coarse timer sent it 10-33 s into
-    # the job here, leaving ~4-27 s of training (~500-3500 steps) per allocation: 4000 steps need
-    # two allocations or more (three, typically). Slurm may send it up to 60 s early, even before
-    # Python has started: cluster.slurm.task_runner catches it, and that run stops after one step.
-    job = submit(tmp_path, *RUN, "cluster.timeout_min=1", "cluster.signal_lead_s=45", "requeue.time_limit=10")
+    # the job here, leaving ~4-27 s of training per allocation. At 130-220 steps/s (it varies from one
+    # machine and minute to the next; 4000 steps once fitted in 18 s, before any warning) 9000 steps
+    # need two allocations or more. Slurm may send it up to 60 s early, even before Python has started:
+    # cluster.slurm.task_runner catches it, and that run stops after one step.
+    long_run = (*RUN[1:], "train.steps=9000")
+    job = submit(tmp_path, *long_run, "cluster.timeout_min=1", "cluster.signal_lead_s=45", "requeue.time_limit=20")
     summary = wait_finished(job, tmp_path, timeout=900)
-    assert summary["param_digest"] == reference(*RUN)  # the same uninterrupted run as the other tests'
+    assert summary["param_digest"] == reference(*long_run)
     requeued = events_named(tmp_path, "requeued")
     assert len(requeued) >= 1 and {e["cause"] for e in requeued} == {"time-limit"}
     resumed = [e["step"] for e in events_named(tmp_path, "resumed")]
