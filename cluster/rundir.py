@@ -175,9 +175,9 @@ def hold(run_dir: Path) -> Iterator[None]:
         handle.close()
 
 
-# What a refused command leaves in a directory before anything trained there: Hydra's record of the config and
-# its log, submitit's pickles, our lock and probe. A claim (a submitted job) is not among them.
-_BEFORE_TRAINING = {".hydra", "logs", ".lock", ".write-test", "train.log"}
+# What a refused command leaves in a directory before anything trained there: submitit's pickles, our lock and
+# probe (a caller adds its own, as ``also``). A claim (a submitted job) is not among them.
+_BEFORE_TRAINING = {"logs", ".lock", ".write-test"}
 
 
 def remove_if_unused(run_dir: Path, *, also: tuple[str, ...] = ()) -> bool:

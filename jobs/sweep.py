@@ -13,19 +13,18 @@ from pathlib import Path
 
 from cluster.by_name import ByName
 from cluster.errors import ClusterError, RunDirectoryBusyError, SlurmUnavailableError
-from cluster.rundir import remove_if_unused
-from cluster.slurm.commands import max_array_size
+from cluster.rundir import RunDir, remove_if_unused
 from cluster.slurm.limits import check_against_cluster
 from cluster.slurm.resources import SlurmResources
 from cluster.slurm.sbatch import SubmissionRefusedError, render_sbatch
-from cluster.sweep.arrays import plan_arrays, submit_members
+from cluster.sweep.arrays import array_limit, plan_arrays, submit_members
 from cluster.sweep.local_queue import start_queue
 from cluster.sweep.manifest import MANIFEST, SUBMISSIONS, Manifest, Member, now
 from jobs.checks import check_before_start
 from jobs.plan import JobPlan
 from jobs.settings import SweepSettings
 from jobs.start import RUN_TASK
-from jobs.user_errors import describe
+from jobs.user_errors import HYDRA_FILES, describe
 
 RUN_LOCAL = ByName("jobs.start", "run_local")  # in the local queue's member process
 
@@ -62,7 +61,7 @@ def launch_sweep(members: list[PlannedMember], sweep_dir: Path, options: SweepSe
     dry_run = any(p.plan.cluster.dry_run for p in members)
     check_members(members, live=not dry_run)
     if dry_run:
-        print(describe_dry_run(members, kind, options), flush=True)
+        print(describe_dry_run(members, kind, options, sweep_dir), flush=True)
         return None
     manifest = open_manifest(sweep_dir, kind, [p.member for p in members])
     task = RUN_TASK if kind == "slurm" else RUN_LOCAL
@@ -88,17 +87,16 @@ def launch_sweep(members: list[PlannedMember], sweep_dir: Path, options: SweepSe
     return manifest
 
 
-def describe_dry_run(members: list[PlannedMember], kind: str, options: SweepSettings) -> str:
+def describe_dry_run(members: list[PlannedMember], kind: str, options: SweepSettings, sweep_dir: Path) -> str:
     """What the sweep would submit: its job arrays and their sizes, and the batch script of the first."""
     if kind == "local":
         return (f"dry run: {len(members)} member(s) would run on this machine, {options.local_parallelism} at a "
                 "time; nothing was started\n" + "\n".join(f"  member {p.member.index}: {' '.join(p.member.overrides)}"
                                                          for p in members))
     try:
-        limit, source = max_array_size(), "the cluster's MaxArraySize"
+        limit, source = array_limit(options.max_array_size), "the cluster's MaxArraySize"
     except SlurmUnavailableError:
-        limit, source = 1001, "Slurm's default MaxArraySize (the cluster did not answer)"
-    limit = min(limit, options.max_array_size or limit)
+        limit, source = options.max_array_size or 1001, "Slurm's default MaxArraySize (the cluster did not answer)"
     submissions = [(p.member, {"resources": p.plan.slurm}) for p in members]
     arrays = plan_arrays(submissions, limit)
     lines = [f"dry run: {len(members)} member(s) would go to Slurm as {len(arrays)} job array(s) (at most {limit} "
@@ -111,7 +109,7 @@ def describe_dry_run(members: list[PlannedMember], kind: str, options: SweepSett
     resources, part = arrays[0]
     first = part[0][0]
     lines += [f"# the batch script of array 1 (its task 0 is member {first.index}: {' '.join(first.overrides)})",
-              render_sbatch(resources, folder=Path(first.run_dir).parent.resolve() / "logs", array_size=len(part),
+              render_sbatch(resources, folder=RunDir(sweep_dir.resolve()).logs, array_size=len(part),
                             array_parallelism=options.array_parallelism)]
     return "\n".join(lines)
 
@@ -132,11 +130,11 @@ def forget(manifest: Manifest, members: list[Member]) -> None:
     indices = {m.index for m in members}
     manifest.members = [m for m in manifest.members if m.index not in indices]
     for member in members:
-        remove_if_unused(Path(member.run_dir))
+        remove_if_unused(Path(member.run_dir), also=HYDRA_FILES)
     if manifest.members:
         manifest.write()
     else:  # Hydra's record of the sweep, the manifest and submitit's leftovers: the sweep never was
-        remove_if_unused(Path(manifest.sweep_dir), also=("multirun.yaml", MANIFEST, SUBMISSIONS))
+        remove_if_unused(Path(manifest.sweep_dir), also=(*HYDRA_FILES, "multirun.yaml", MANIFEST, SUBMISSIONS))
 
 
 def sweep_kind(members: list[PlannedMember]) -> str:

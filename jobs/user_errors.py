@@ -31,6 +31,8 @@ CONFIG_KEYS: dict[str, str] = {
     **{budget: f"requeue.{budget}" for budget in ("preemption", "time_limit", "failure")},
 }
 
+# What Hydra writes into a run directory before the task starts: its record of the config, and the job's log.
+HYDRA_FILES = (".hydra", "train.log")
 # Errors that mean "fix your input": one line and exit code 2.
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, ClusterError, HalfSetEnvironmentError)
 
@@ -59,7 +61,7 @@ def exit_on_user_error(run_dir: Path | None = None) -> Iterator[None]:
     except USER_ERRORS as error:
         print(f"error: {describe(error)}", file=sys.stderr)
         if run_dir is not None and not isinstance(error, RunDirectoryBusyError):  # the other run's, then
-            remove_if_unused(run_dir)
+            remove_if_unused(run_dir, also=HYDRA_FILES)
         sys.exit(2)
     except TaskFailedError as error:
         print(f"error: {error}", file=sys.stderr)

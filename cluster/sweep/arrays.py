@@ -25,9 +25,8 @@ def submit_members(manifest: Manifest, submissions: list[tuple[Member, dict[str,
     """
     check_unclaimed([Path(member.run_dir) for member, _ in submissions])
     manifest.log_dir.mkdir(parents=True, exist_ok=True)  # a retry after the logs were deleted
-    limit = int(min(max_size or math.inf, max_array_size()))  # the cluster's limit always holds
     arrays = []
-    for resources, part in plan_arrays(submissions, limit):
+    for resources, part in plan_arrays(submissions, array_limit(max_size)):
         jobs = submit_array(part[0][1]["fn"], [submission["args"] for _, submission in part],
                             resources=resources, folder=manifest.log_dir, parallelism=parallelism)
         for (member, _), job in zip(part, jobs):
@@ -40,6 +39,11 @@ def submit_members(manifest: Manifest, submissions: list[tuple[Member, dict[str,
 
 
 Submission = tuple[Member, dict[str, Any]]
+
+
+def array_limit(max_size: int = 0) -> int:
+    """Tasks per array at most: ``max_size`` (0: no wish) within the cluster's MaxArraySize, which always holds."""
+    return int(min(max_size or math.inf, max_array_size()))
 
 
 def plan_arrays(submissions: list[Submission], limit: int) -> list[tuple[SlurmResources, list[Submission]]]:

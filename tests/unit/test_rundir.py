@@ -40,9 +40,9 @@ def test_only_a_directory_where_nothing_trained_nor_was_submitted_is_removed(tmp
     (refused / ".hydra").mkdir(parents=True)
     (refused / "logs").mkdir()
     (refused / "train.log").write_text("")
-    assert rundir.remove_if_unused(refused) and not refused.exists()
+    assert rundir.remove_if_unused(refused, also=(".hydra", "train.log")) and not refused.exists()
     for made in ("events.jsonl", ".claim", "checkpoints", "notes.txt"):
         kept = tmp_path / made.strip(".")
         (kept / ".hydra").mkdir(parents=True)
         Path(kept / made).mkdir() if made == "checkpoints" else (kept / made).write_text("x")
-        assert not rundir.remove_if_unused(kept) and (kept / made).exists()
+        assert not rundir.remove_if_unused(kept, also=(".hydra", "train.log")) and (kept / made).exists()
