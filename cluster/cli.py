@@ -1,4 +1,4 @@
-"""``python -m cluster``: watch, follow, cancel, retry and collect a sweep (or one Slurm run).
+"""``python -m cluster``: run any command as a job; watch, follow, cancel, retry and collect a sweep (or one run).
 
 Exit codes: 0 every member COMPLETED; 1 some ended badly (FAILED, CANCELLED, TIMEOUT, ...) and none is
 still queued; 3 some are still pending or running; 2 a usage error (a wrong path, no such member).
@@ -132,6 +132,8 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m cluster", description=__doc__.split("\n\n")[0],
                                   epilog=__doc__.split("\n\n")[1])
     commands = top.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", add_help=False, help="run a command as every rank of a Slurm job (or --local N): "
+                        "python -m cluster run [options] -- COMMAND [ARGS...]; run --help for the options")
 
     def command(run, help_text: str) -> argparse.ArgumentParser:
         cmd = commands.add_parser(run.__name__, help=help_text)
@@ -157,6 +159,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:
+        from cluster.script.launch import option, run
+
+        try:
+            return run(argv[1:])
+        except ClusterError as error:  # a bad option, a missing command, Slurm refusing or not answering
+            print(f"error: {error.phrase(lambda name: 'run directory' if name == 'run_dir' else option(name))}",
+                  file=sys.stderr)
+            return USAGE
     args = parser().parse_args(argv)
     try:
         return args.run(args)
@@ -167,3 +179,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error.phrase(lambda name: 'run directory' if name == 'run_dir' else name)}",
               file=sys.stderr)
         return USAGE
+

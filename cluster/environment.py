@@ -16,6 +16,10 @@ from cluster.slurm.hostlist import expand_hostlist
 # Ports derived from a job id land here: unprivileged, and below Linux's ephemeral range
 # (32768-60999), so a derived port does not collide with an outgoing connection's.
 PORT_RANGE = (20000, 32768)
+# What ``python -m cluster run`` tells the command it starts, besides torchrun's variables: the run directory,
+# and (JSON) the warning signal, its lead and the requeue budgets, for ``cluster.start`` to use.
+RUN_DIR_VARIABLE = "CLUSTERJOBS_RUN_DIR"
+SETTINGS_VARIABLE = "CLUSTERJOBS_SETTINGS"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,9 +23,9 @@ EXIT_REQUEUE = 144
 # between N + 4 s and N - 18 s before it. A warning this close to the end is the time limit's.
 SIGNAL_SLACK_S = 90
 
-# cause of a stop or a restart -> the budget it spends
+# cause of a stop or a restart -> the budget it spends ("requested": a command that exited with EXIT_REQUEUE)
 BUDGET_OF = {"preemption": "preemption", "signal": "preemption", "time-limit": "time_limit",
-             "failure": "failure", "lost": "failure"}
+             "failure": "failure", "lost": "failure", "requested": "preemption"}
 
 
 @dataclasses.dataclass(frozen=True)

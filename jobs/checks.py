@@ -54,10 +54,11 @@ def check_batch_fits_the_data(plan: JobPlan, dp: int) -> None:
 
 def check_checkpoint(plan: JobPlan, root: Path, world_size: int) -> None:
     """The checkpoint a run would resume from fits the plan, and its index is readable."""
-    from cluster.runtime.checkpoint import SafeReader, latest_checkpoint
-    from jobs.train_state import check_resumable
+    from cluster.runtime.checkpoint import SafeReader, check_compatible, latest_checkpoint, read_marker
+    from cluster.runtime.job import fingerprint
 
     folder = latest_checkpoint(root)
-    if folder is not None:
-        check_resumable(plan, folder, world_size)
+    if folder is not None:  # what cluster.Job.resume checks on the ranks, told before they start
+        check_compatible(read_marker(folder).get("config"), fingerprint(plan.fingerprint_config(), world_size),
+                         folder=folder, allowed=plan.train.allow_changes)
         SafeReader(str(folder)).read_metadata()  # a damaged index fails here, not in every rank

@@ -3,25 +3,22 @@
 Plain functions around one loop; the strategy, the model and the data are built elsewhere.
 """
 
+import dataclasses
 import hashlib
 import math
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from cluster.environment import TaskEnvironment
 from cluster.rundir import RunDir, write_json
 from cluster.runtime.checkpoint import latest_checkpoint
-from cluster.runtime.checkpoint_writer import CheckpointWriter
+from cluster.runtime.job import Job
+from cluster.runtime.loader import ResumableLoader
 from cluster.runtime.rng import seed_everything
-from cluster.runtime.supervisor import Supervisor
 from jobs.data import build_dataset
 from jobs.metrics import MetricsLog, ProgressLine
 from jobs.models import build_model
@@ -30,24 +27,6 @@ from jobs.parallelize import parallelize
 from jobs.pipeline import gather_places, gather_state, pipeline_step
 from jobs.plan import JobPlan
 from jobs.strategies import unwrap
-from jobs.train_state import Trainee, checkpoint_meta, checkpoint_state, resume
-
-
-class SkipFirst(Sampler[int]):
-    """The first ``skip`` indices of an epoch left out: a resumed run's place inside its epoch,
-    reached without loading the samples it skips."""
-
-    def __init__(self, sampler: DistributedSampler, skip: int):
-        self.sampler, self.skip = sampler, skip
-
-    def __iter__(self) -> Iterator[int]:
-        indices = iter(self.sampler)
-        for _ in range(self.skip):
-            next(indices)
-        return indices
-
-    def __len__(self) -> int:
-        return len(self.sampler) - self.skip
 
 
 def param_digest(model: nn.Module, *, staged: bool = False) -> str:
@@ -73,12 +52,32 @@ def global_mean(value: torch.Tensor, *, contributors: int) -> float:
     return total.item() / contributors
 
 
-def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Path,
-          supervisor: Supervisor) -> dict[str, Any] | None:
+@dataclasses.dataclass
+class Trainee:
+    """What the loop updates; ``state()`` is what a checkpoint holds (the step is the job's)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    pipeline: Any = None  # this rank's jobs.pipeline.Pipeline, when the model is cut into stages
+    loss: float = float("nan")  # global mean loss of the last logged step
+
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "last_loss": self}
+
+    def state_dict(self) -> dict[str, float]:  # the loss of the step a checkpoint holds, for a resumed summary
+        return {"loss": self.loss}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.loss = float(state["loss"])
+
+
+def train(plan: JobPlan, job: Job) -> dict[str, Any] | None:
     """Train to ``plan.train.steps`` and return the summary (rank 0) or None (other ranks).
 
-    At a step boundary where ``supervisor`` says stop, every rank saves that step and hands over.
+    At a step boundary where all ranks agreed to stop, every rank saves that step and hands over (``Job``).
     """
+    env, device, run_dir = job.env, job.device, job.run_dir
     dims = plan.check_world(env.world_size)
     dp_index, _ = dims.coordinates(env.rank)
     cfg = plan.train
@@ -90,50 +89,37 @@ def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Pa
     trainee = Trainee(model, optimizer, build_scheduler(plan.optim, optimizer, total_steps=cfg.steps),
                       pipeline=pipeline)
     seed_everything(cfg.seed + 1 + env.rank)  # per-rank streams (dropout, augmentation) from here on
-    writer = CheckpointWriter(RunDir(run_dir).checkpoints, rank=env.rank, keep=cfg.keep_checkpoints,
-                              background=cfg.async_checkpoint, on_done=supervisor.saved)
-    resume(trainee, plan, env, writer.root, group=writer.group)
-    resumed_from = trainee.step
+    state = trainee.state()
+    resumed_from = job.resume(state)
     places = gather_places(model, pipeline, local_rank=env.local_rank)
     if env.is_main:  # the layout as it came out, for checking against the plan (events.jsonl)
-        supervisor.log.record("layout", ranks=places)
-    supervisor.resumed(resumed_from)
-    meta = checkpoint_meta(plan, env.world_size)
+        job.supervisor.log.record("layout", ranks=places)
 
     # The ranks of one pipeline share a replica's batch (the first stage reads the inputs, the last the targets).
-    per_rank_batch = cfg.global_batch_size // dims.dp
-    sampler: DistributedSampler = DistributedSampler(data.dataset, num_replicas=dims.dp, rank=dp_index,
-                                 shuffle=True, seed=cfg.seed, drop_last=True)
-    steps_per_epoch = len(sampler) // per_rank_batch
-    if steps_per_epoch == 0:
-        raise ValueError(f"the dataset has {len(data.dataset)} samples, fewer than one global batch "
-                         f"({cfg.global_batch_size}); lower train.global_batch_size")
+    loader = ResumableLoader(data.dataset, cfg.global_batch_size // dims.dp, seed=cfg.seed, replicas=dims.dp,
+                             replica=dp_index, num_workers=plan.data.num_workers)
+    loader.seek(job.step)  # the step says where the data is
 
     metrics = MetricsLog(run_dir, resumed_step=resumed_from) if env.is_main else None
     progress = ProgressLine(cfg.steps) if env.is_main else None
     started = interval_start = time.perf_counter()
     interval_steps = 0
     model.train()
-    while trainee.step < cfg.steps:
-        epoch, offset = divmod(trainee.step, steps_per_epoch)
-        sampler.set_epoch(epoch)
-        loader = DataLoader(data.dataset, batch_size=per_rank_batch,
-                            sampler=SkipFirst(sampler, offset * per_rank_batch), drop_last=True,
-                            num_workers=plan.data.num_workers)
+    while job.step < cfg.steps:
         for inputs, targets in loader:
             loss = _step(trainee, inputs.to(device), targets.to(device))
             interval_steps += 1
-            stop = supervisor.should_stop(trainee.step)
-            log_now = trainee.step % cfg.log_every_steps == 0 or trainee.step in (1, cfg.steps)
-            save_now = stop or trainee.step % cfg.checkpoint_every_steps == 0 or trainee.step == cfg.steps
+            stop = job.end_step()
+            log_now = job.step % cfg.log_every_steps == 0 or job.step in (1, cfg.steps)
+            save_now = stop or job.checkpoint_due() or job.step == cfg.steps
             if log_now or save_now:
                 trainee.loss = global_mean(loss, contributors=dims.dp)
                 if not math.isfinite(trainee.loss):  # every rank sees the same mean, so all stop here
-                    raise TrainingDivergedError(f"the loss is {trainee.loss} at step {trainee.step}: training "
+                    raise TrainingDivergedError(f"the loss is {trainee.loss} at step {job.step}: training "
                                                 "diverged; lower optim.lr (or check the data) and run again")
             if log_now:
                 now = time.perf_counter()
-                record = {"step": trainee.step, "loss": trainee.loss, "lr": trainee.scheduler.get_last_lr()[0],
+                record = {"step": job.step, "loss": trainee.loss, "lr": trainee.scheduler.get_last_lr()[0],
                           "samples_per_s": interval_steps * cfg.global_batch_size / (now - interval_start),
                           "time": round(time.time(), 3)}
                 interval_start, interval_steps = now, 0
@@ -141,22 +127,19 @@ def train(plan: JobPlan, env: TaskEnvironment, device: torch.device, run_dir: Pa
                     metrics.write(record)
                     progress.show(record)
             if save_now:
-                writer.save(checkpoint_state(trainee, env.rank), trainee.step, meta)
+                job.save(state)
             if stop:
-                writer.close()  # the preemption path waits for its checkpoint
-                supervisor.stopped(trainee.step)  # ends the task (JobEnd)
-            if trainee.step == cfg.steps:
+                job.hand_over()  # the preemption path waits for its checkpoint, requeues, ends the task
+            if job.step == cfg.steps:
                 break
-    writer.check_last()  # a run whose final state could not be saved has not succeeded
-    supervisor.finished(trainee.step)
+    job.finish()  # a run whose final state could not be saved has not succeeded
     elapsed = time.perf_counter() - started
     digest = param_digest(trainee.model, staged=pipeline is not None)  # every rank: shards and stages are gathered
     if metrics is None or progress is None:
         return None
     metrics.close()
     progress.close()
-    return _write_summary(trainee, plan, env, run_dir, device=device, resumed_from=resumed_from, elapsed_s=elapsed,
-                          digest=digest)
+    return _write_summary(trainee, job, plan, elapsed_s=elapsed, digest=digest)
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -172,26 +155,25 @@ def _step(trainee: Trainee, inputs: torch.Tensor, targets: torch.Tensor) -> torc
         loss.backward()
     trainee.optimizer.step()
     trainee.scheduler.step()
-    trainee.step += 1
     return loss
 
 
-def _write_summary(trainee: Trainee, plan: JobPlan, env: TaskEnvironment, run_dir: Path, *,
-                   device: torch.device, resumed_from: int, elapsed_s: float, digest: str) -> dict[str, Any]:
-    steps_run = trainee.step - resumed_from
+def _write_summary(trainee: Trainee, job: Job, plan: JobPlan, *, elapsed_s: float, digest: str) -> dict[str, Any]:
+    steps_run = job.step - job.resumed_from
     summary = {
         "final_loss": trainee.loss,
-        "steps": trainee.step,
+        "steps": job.step,
         "samples_per_s": steps_run * plan.train.global_batch_size / elapsed_s if steps_run else 0.0,
         "param_digest": digest,
-        "run_dir": str(run_dir.resolve()),
-        "world_size": env.world_size,
-        "launcher": env.started_by,  # the key predates TaskEnvironment.started_by; scripts read it
+        "run_dir": str(job.run_dir.resolve()),
+        "world_size": job.world_size,
+        "launcher": job.env.started_by,  # the key predates TaskEnvironment.started_by; scripts read it
         "backend": dist.get_backend(),
-        "device": str(device),
-        "resumed_from_step": resumed_from,
+        "device": str(job.device),
+        "resumed_from_step": job.resumed_from,
         "train_seconds": round(elapsed_s, 3),
-        "last_checkpoint": str(last.resolve()) if (last := latest_checkpoint(RunDir(run_dir).checkpoints)) else None,
+        "last_checkpoint": str(last.resolve()) if (last := latest_checkpoint(RunDir(job.run_dir).checkpoints))
+        else None,
     }
-    write_json(RunDir(run_dir).summary, summary)
+    write_json(RunDir(job.run_dir).summary, summary)
     return summary

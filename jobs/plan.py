@@ -111,12 +111,8 @@ class JobPlan:
         """Seconds between the warning signal and the end of the allocation."""
         return self.slurm.signal_lead_s if self.slurm is not None else self.cluster.signal_lead_s
 
-    def fingerprint(self, world_size: int) -> dict[str, Any]:
-        """``fingerprint_config`` plus the parallel layout: what a checkpoint must match to be resumed."""
-        return {**self.fingerprint_config(), "layout.world_size": world_size}
-
     def fingerprint_config(self) -> dict[str, Any]:
-        """The settings a checkpoint must match (``jobs.fingerprint``); the number of ranks is in ``fingerprint``."""
+        """The settings a checkpoint must match (``jobs.fingerprint``); ``cluster.Job`` adds the number of ranks."""
         return fingerprint_config(self.model, self.data, self.optim, self.strategy, self.train)
 
 

@@ -43,7 +43,7 @@ CROSSING = """
 import sys, torch
 from pathlib import Path
 from hydra import compose, initialize_config_dir
-import jobs.train_state as train_state
+import cluster.runtime.job as job_api
 from cluster.environment import SINGLE_PROCESS
 from jobs.plan import plan_from_config
 from jobs.task import run_task
@@ -54,15 +54,15 @@ def plan(steps):
             'cluster=debug', 'strategy=single', f'train.steps={steps}', 'train.checkpoint_every_steps=5',
             'train.global_batch_size=32']))
 
-real = train_state.capture_rng_state
+real = job_api.capture_rng_state
 def with_cuda():  # what a GPU run's ranks capture besides the CPU's generators
     return {**real(), 'cuda': [torch.zeros(16, dtype=torch.uint8)]}
 
 run_dir = Path(sys.argv[2])
 if sys.argv[1] == 'gpu-first':
-    train_state.capture_rng_state = with_cuda
+    job_api.capture_rng_state = with_cuda
 run_task(plan(10), run_dir, env=SINGLE_PROCESS)
-train_state.capture_rng_state = real if sys.argv[1] == 'gpu-first' else with_cuda
+job_api.capture_rng_state = real if sys.argv[1] == 'gpu-first' else with_cuda
 summary = run_task(plan(20), run_dir, env=SINGLE_PROCESS)
 print(summary['resumed_from_step'], summary['steps'])
 """
