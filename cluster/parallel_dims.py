@@ -22,6 +22,8 @@ class ParallelDims:
     microbatches: int = 1  # micro-batches each replica splits its batch into (pipelines)
     stages_per_rank: int = 1  # model stages each pipeline rank holds (interleaved schedules: >= 2)
     layers: int | None = None  # layers the model can be cut at (None: a model that cannot be cut)
+    cut_by_name: bool = False  # the model is cut at named modules: exactly ``layers`` stages (``split_points``)
+    counted_later: bool = False  # the layers are counted once the model is built (the ranks check again)
     global_batch_size: int = 0  # samples per optimizer step over all replicas (0: not checked)
 
     def __post_init__(self) -> None:
@@ -33,7 +35,12 @@ class ParallelDims:
                             f"{self.world_size} ranks; choose a {{k.pp}} that divides {self.world_size}")
         if self.pp > 1 or self.stages_per_rank > 1:
             if self.layers is None:
-                problems.append("the model cannot be cut into pipeline stages; give one that can ({k.model})")
+                if not self.counted_later:
+                    problems.append("the model cannot be cut into pipeline stages; give one that can ({k.model})")
+            elif self.cut_by_name and self.layers != self.stages:
+                problems.append(f"{{k.split_points}} make {self.layers} stages, but pp x stages_per_rank = "
+                                f"{self.pp} x {self.stages_per_rank} = {self.stages}; give {self.stages - 1} split "
+                                "point(s), or change {k.pp}")
             elif self.layers < self.stages:
                 problems.append(f"the model has {self.layers} layers, fewer than pp x stages_per_rank = "
                                 f"{self.pp} x {self.stages_per_rank} = {self.stages} stages; lower {{k.pp}} "
@@ -70,7 +77,8 @@ class ParallelDims:
         return [replica * self.pp + pp_index for replica in range(self.dp)]
 
     def layers_of(self, stage: int) -> range:
-        """The layer indices stage ``stage`` holds: contiguous, near-equal groups, the first ones one larger."""
+        """The layer indices stage ``stage`` holds: contiguous, near-equal groups, the first ones one larger (with
+        split points, layer i is stage i)."""
         assert self.layers is not None
         base, extra = divmod(self.layers, self.stages)
         start = stage * base + min(stage, extra)

@@ -9,15 +9,18 @@ from pathlib import Path
 
 from cluster.rundir import RunDir, check_writable
 from cluster.slurm.sbatch import check_setup
-from jobs.data import check_data_available, dataset_size
+from jobs.data import TRAIN_SAMPLES, check_data, dataset_size
 from jobs.plan import JobPlan
+from jobs.targets import FROM_THE_DATA
 
 
 def check_before_start(plan: JobPlan, run_dir: Path, *, world_size: int | None = None) -> None:
     """Check the plan against its world, data and run directory (world size: the plan's, by default)."""
     world_size = world_size or plan.world_size or 1
     dims = plan.check_world(world_size)
-    check_data_available(plan.data)
+    plan.model.check(supplied=FROM_THE_DATA)  # importing the user's code, without building it
+    check_data(plan.data)
+    plan.loss.check(called_with=2)  # (output, target)
     check_batch_fits_the_data(plan, dims.dp)
     if plan.slurm is not None:
         check_setup(plan.slurm)
@@ -46,10 +49,10 @@ def check_slurm_devices(plan: JobPlan) -> None:
 def check_batch_fits_the_data(plan: JobPlan, dp: int) -> None:
     """Each replica must get at least one batch per epoch (the sampler gives it samples // dp, whole batches)."""
     samples, batch = dataset_size(plan.data), plan.train.global_batch_size
-    if (samples // dp) // (batch // dp) == 0:
+    if samples is not None and (samples // dp) // (batch // dp) == 0:  # a user's dataset is counted on the ranks
         raise ValueError(f"the dataset has {samples} samples, fewer than one global batch "
                          f"(train.global_batch_size={batch}); lower train.global_batch_size"
-                         + (", or raise data.num_samples" if plan.data.name not in ("mnist", "cifar10") else ""))
+                         + (", or raise data.num_samples" if plan.data.name not in TRAIN_SAMPLES else ""))
 
 
 def check_checkpoint(plan: JobPlan, root: Path, world_size: int) -> None:

@@ -1,68 +1,129 @@
-"""Datasets a config can name, read through ``torchvision.datasets`` from their on-disk formats.
+"""The built-in datasets, as targets a config names like any user's (``conf/data/*.yaml``: ``_target_:
+jobs.data.synthetic``), read through ``torchvision.datasets`` from their on-disk formats; and what the trainer
+learns from any dataset (``describe``).
 
-torch and torchvision are imported inside the functions that build a dataset: checking that a
-dataset's files are there (``check_data_available``) runs on a login node for every member of a
-sweep, which must not pay 2-4 s for importing torch.
+torch and torchvision are imported inside the functions that build a dataset: checking a dataset's settings
+and files (``check_data``) runs on a login node for every member of a sweep, which must not pay 2-4 s for
+importing torch.
 """
 
 import dataclasses
 from pathlib import Path
 from typing import Any
 
-from jobs.settings import DataConfig
+from cluster.errors import require_positive
+from jobs.settings import config_keys
+from jobs.targets import Target, settings_of
 
-# Samples in the training split of the datasets whose size is not a setting.
-TRAIN_SAMPLES = {"mnist": 60_000, "cifar10": 50_000}
 # torchvision's layouts: the folder each dataset reads, and the files it needs there.
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
 
 
 @dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    dataset: Any  # a map-style torch Dataset of (input, target) pairs
-    sample_shape: tuple[int, ...]  # (channels, height, width) of one sample
-    num_classes: int
+class GeneratedSettings:
+    num_samples: int = 8192  # number of samples
+    image_shape: tuple[int, ...] = (1, 28, 28)  # shape of one sample (channels, height, width)
+    num_classes: int = 10  # number of labels
+    seed: int = 1234  # seed of the data itself, separate from train.seed
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_shape", tuple(self.image_shape))  # a list, from a config
+        with config_keys("data"):
+            require_positive(num_samples=self.num_samples, num_classes=self.num_classes)
+        if len(self.image_shape) != 3 or min(self.image_shape) <= 0:
+            raise ValueError(f"data.image_shape must be [channels, height, width], got {list(self.image_shape)}")
 
 
-def dataset_size(cfg: DataConfig) -> int:
-    """Samples in the training split ``cfg`` names, known without reading it."""
-    return TRAIN_SAMPLES.get(cfg.name, cfg.num_samples)
+@dataclasses.dataclass(frozen=True)
+class SyntheticSettings(GeneratedSettings):
+    noise: float = 15.0  # noise around each class prototype, relative to it (higher is harder)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.noise < 0:
+            raise ValueError("data.noise must not be negative")
 
 
-def expected_files(cfg: DataConfig) -> tuple[Path, tuple[str, ...]]:
-    """The folder a file-backed dataset reads and the files it needs there."""
-    if cfg.name == "mnist":
-        return Path(cfg.root) / "MNIST" / "raw", MNIST_FILES
-    if cfg.name == "cifar10":
-        return Path(cfg.root) / "cifar-10-batches-py", CIFAR10_FILES
-    return Path(cfg.root), ()
+@dataclasses.dataclass(frozen=True)
+class FakeSettings(GeneratedSettings):
+    """torchvision's FakeData: random images and labels (for throughput, not for learning)."""
+
+    num_samples: int = 4096  # number of samples
+    image_shape: tuple[int, ...] = (3, 32, 32)  # shape of one sample (channels, height, width)
+    seed: int = 0  # FakeData's random_offset
 
 
-def check_data_available(cfg: DataConfig) -> None:
-    """Fail before any rank starts when a dataset's files are not on disk (and not to be downloaded)."""
-    folder, files = expected_files(cfg)
-    missing = [name for name in files if not (folder / name).is_file()]
-    if missing and not cfg.download:
-        raise FileNotFoundError(
-            f"{cfg.name} files missing in {folder.resolve()}: {', '.join(missing)}; put torchvision's "
-            f"{cfg.name} files there, point data.root at the folder that holds {folder.relative_to(cfg.root)}/, "
-            "or set data.download=true"
-        )
+@dataclasses.dataclass(frozen=True)
+class FilesSettings:
+    root: str = "data"  # folder holding torchvision's on-disk layout
+    download: bool = False  # fetch missing files from the internet (off: fail and say what is missing)
 
 
-def _synthetic(cfg: DataConfig) -> Any:
-    """Noisy copies of one random prototype per class: learnable, yet not trivially so."""
+@dataclasses.dataclass(frozen=True)
+class CIFAR10Settings(FilesSettings):
+    verify_md5: bool = True  # check torchvision's checksums (off for subsets or repacked copies)
+
+
+# Samples in the training split of the datasets whose size is not a setting.
+TRAIN_SAMPLES = {"mnist": 60_000, "cifar10": 50_000}
+
+
+def synthetic(**settings: Any) -> Any:
+    """Built in, nothing to download: noisy copies of one random prototype per class (MNIST's shape by default)."""
     import torch
     from torch.utils.data import TensorDataset
 
+    cfg = SyntheticSettings(**settings)
     generator = torch.Generator().manual_seed(cfg.seed)
     prototypes = torch.randn((cfg.num_classes, *cfg.image_shape), generator=generator)
     labels = torch.randint(cfg.num_classes, (cfg.num_samples,), generator=generator)
     noise = torch.randn((cfg.num_samples, *cfg.image_shape), generator=generator)
     # Scaled back to unit variance, so that a harder task does not mean larger inputs.
     samples = (prototypes[labels] + cfg.noise * noise) / (1 + cfg.noise**2) ** 0.5
-    return TensorDataset(samples, labels)
+    dataset = TensorDataset(samples, labels)
+    dataset.num_classes = cfg.num_classes  # type: ignore[attr-defined]
+    return dataset
+
+
+def fake(**settings: Any) -> Any:
+    """torchvision.datasets.FakeData: random images and labels."""
+    import torchvision
+    from torchvision import transforms
+
+    cfg = FakeSettings(**settings)
+    return torchvision.datasets.FakeData(size=cfg.num_samples, image_size=cfg.image_shape, num_classes=cfg.num_classes,
+                                         transform=transforms.ToTensor(), random_offset=cfg.seed)
+
+
+def mnist(**settings: Any) -> Any:
+    """MNIST's training split through torchvision.datasets.MNIST, from <root>/MNIST/raw."""
+    import torchvision
+    from torchvision import transforms
+
+    cfg = FilesSettings(**settings)
+    _check_files("mnist", cfg)
+    to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    return torchvision.datasets.MNIST(cfg.root, train=True, download=cfg.download, transform=to_tensor)
+
+
+def cifar10(**settings: Any) -> Any:
+    """CIFAR-10's training split through torchvision.datasets.CIFAR10, from <root>/cifar-10-batches-py."""
+    from torchvision import transforms
+
+    cfg = CIFAR10Settings(**settings)
+    _check_files("cifar10", cfg)
+    to_tensor = transforms.Compose([
+        transforms.ToTensor(), transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    ])
+    return _cifar10_class(cfg.verify_md5)(cfg.root, train=True, download=cfg.download, transform=to_tensor)
+
+
+synthetic.settings = SyntheticSettings  # type: ignore[attr-defined]
+fake.settings = FakeSettings  # type: ignore[attr-defined]
+mnist.settings = FilesSettings  # type: ignore[attr-defined]
+cifar10.settings = CIFAR10Settings  # type: ignore[attr-defined]
+BUILT_IN = {"jobs.data.synthetic", "jobs.data.fake", "jobs.data.mnist", "jobs.data.cifar10"}
 
 
 def _cifar10_class(verify_md5: bool) -> Any:
@@ -81,26 +142,59 @@ def _cifar10_class(verify_md5: bool) -> Any:
     return CIFAR10WithoutChecksums
 
 
-def build_dataset(cfg: DataConfig) -> DatasetInfo:
-    """The training split of the dataset ``cfg`` names."""
-    if cfg.name == "synthetic":
-        return DatasetInfo(_synthetic(cfg), cfg.image_shape, cfg.num_classes)
-    import torchvision
-    from torchvision import transforms
+def expected_files(name: str, cfg: FilesSettings) -> tuple[Path, tuple[str, ...]]:
+    """The folder a file-backed dataset reads and the files it needs there."""
+    if name == "mnist":
+        return Path(cfg.root) / "MNIST" / "raw", MNIST_FILES
+    return Path(cfg.root) / "cifar-10-batches-py", CIFAR10_FILES
 
-    if cfg.name == "fake":
-        fake = torchvision.datasets.FakeData(
-            size=cfg.num_samples, image_size=cfg.image_shape, num_classes=cfg.num_classes,
-            transform=transforms.ToTensor(), random_offset=cfg.seed,
+
+def _check_files(name: str, cfg: FilesSettings) -> None:
+    """Fail before any rank starts when a dataset's files are not on disk (and not to be downloaded)."""
+    folder, files = expected_files(name, cfg)
+    missing = [file for file in files if not (folder / file).is_file()]
+    if missing and not cfg.download:
+        raise FileNotFoundError(
+            f"{name} files missing in {folder.resolve()}: {', '.join(missing)}; put torchvision's "
+            f"{name} files there, point data.root at the folder that holds {folder.relative_to(cfg.root)}/, "
+            "or set data.download=true"
         )
-        return DatasetInfo(fake, cfg.image_shape, cfg.num_classes)
-    check_data_available(cfg)
-    if cfg.name == "mnist":
-        to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
-        mnist = torchvision.datasets.MNIST(cfg.root, train=True, download=cfg.download, transform=to_tensor)
-        return DatasetInfo(mnist, (1, 28, 28), 10)
-    to_tensor = transforms.Compose([
-        transforms.ToTensor(), transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    ])
-    cifar = _cifar10_class(cfg.verify_md5)(cfg.root, train=True, download=cfg.download, transform=to_tensor)
-    return DatasetInfo(cifar, (3, 32, 32), 10)
+
+
+def check_data(target: Target) -> None:
+    """On the login node: the target and its settings, and a built-in file dataset's files."""
+    target.check()
+    if target.path in ("jobs.data.mnist", "jobs.data.cifar10"):
+        _check_files(target.name, settings_of(target, target.load().settings))  # type: ignore[attr-defined]
+
+
+def dataset_size(target: Target) -> int | None:
+    """Samples in a built-in dataset's training split, known without reading it (None: a user's dataset)."""
+    if target.path not in BUILT_IN:
+        return None
+    if target.name in TRAIN_SAMPLES:
+        return TRAIN_SAMPLES[target.name]
+    return int(settings_of(target, target.load().settings).num_samples)  # type: ignore[attr-defined]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    dataset: Any  # a map-style torch Dataset of (input, target) pairs
+    sample_shape: tuple[int, ...]  # the shape of one input
+    num_classes: int | None  # from the dataset's num_classes (or classes) attribute, when it has one
+
+
+def describe(target: Target) -> DatasetInfo:
+    """Build the dataset the config names and check that it is one the trainer can use."""
+    dataset = target.call()
+    if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        raise ValueError(f"data._target_={target.path} returned a {type(dataset).__name__}, not a map-style dataset "
+                         "(with __getitem__ and __len__); return a torch.utils.data.Dataset of (input, target) pairs")
+    if len(dataset) == 0:
+        raise ValueError(f"data._target_={target.path} returned an empty dataset")
+    item = dataset[0]
+    if not isinstance(item, (tuple, list)) or len(item) != 2 or not hasattr(item[0], "shape"):
+        raise ValueError(f"data._target_={target.path}: its items are {type(item).__name__}s, not (input, target) "
+                         "pairs of a tensor and its label; make __getitem__ return (input, target)")
+    classes = getattr(dataset, "num_classes", None) or len(getattr(dataset, "classes", ()) or ()) or None
+    return DatasetInfo(dataset, tuple(item[0].shape), classes)

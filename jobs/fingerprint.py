@@ -5,19 +5,22 @@ import dataclasses
 import json
 from typing import Any
 
-from jobs.settings import DataConfig, ModelConfig, OptimConfig, StrategyConfig, TrainConfig
+from jobs.settings import OptimConfig, StrategyConfig, TrainConfig
+from jobs.targets import KEY, Target
 
 # Settings that may change between runs of one training: where the data lies and how it is read, and
 # how gradients are bucketed. train.steps and the log/checkpoint cadence are left out (train longer).
-_IGNORED = {"data": {"root", "download", "num_workers"}, "strategy": {"bucket_cap_mb"}}
+_IGNORED = {"data": {"root", "download"}, "strategy": {"bucket_cap_mb", "fsdp_units"}}
 
 
-def fingerprint_config(model: ModelConfig, data: DataConfig, optim: OptimConfig, strategy: StrategyConfig,
+def fingerprint_config(model: Target, data: Target, loss: Target, optim: OptimConfig, strategy: StrategyConfig,
                        train: TrainConfig) -> dict[str, Any]:
-    """The settings a checkpoint must match to be resumed, flattened (``optim.lr``: 0.05, ...)."""
-    groups: dict[str, Any] = {"model": model, "data": data, "optim": optim, "strategy": strategy}
+    """The settings a checkpoint must match to be resumed, flattened (``optim.lr``: 0.05, ``model._target_``, ...)."""
+    groups: dict[str, Any] = {
+        **{code.group: {KEY: code.path, **code.kwargs} for code in (model, data, loss)},
+        "optim": dataclasses.asdict(optim), "strategy": dataclasses.asdict(strategy)}
     relevant: dict[str, Any] = {
-        group: {k: v for k, v in dataclasses.asdict(settings).items() if k not in _IGNORED.get(group, ())}
+        group: {k: v for k, v in settings.items() if k not in _IGNORED.get(group, ())}
         for group, settings in groups.items()}
     relevant["train"] = {"global_batch_size": train.global_batch_size, "seed": train.seed}
     return _flatten(json.loads(json.dumps(relevant)))

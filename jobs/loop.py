@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,14 +20,22 @@ from cluster.runtime.checkpoint import latest_checkpoint
 from cluster.runtime.job import Job
 from cluster.runtime.loader import ResumableLoader
 from cluster.runtime.rng import seed_everything
-from jobs.data import build_dataset
+from jobs.data import DatasetInfo, describe
 from jobs.metrics import MetricsLog, ProgressLine
-from jobs.models import build_model
 from jobs.optim import build_optimizer, build_scheduler
 from jobs.parallelize import parallelize
 from jobs.pipeline import gather_places, gather_state, pipeline_step
 from jobs.plan import JobPlan
 from jobs.strategies import unwrap
+from jobs.targets import Target
+
+
+def build_model(model: Target, data: DatasetInfo) -> nn.Module:
+    """The model the config names, sized for the data (``jobs.targets``: sample_shape, num_classes)."""
+    built = model.call(sample_shape=data.sample_shape, num_classes=data.num_classes)
+    if not isinstance(built, nn.Module):
+        raise ValueError(f"model._target_={model.path} returned a {type(built).__name__}, not a torch.nn.Module")
+    return built
 
 
 def param_digest(model: nn.Module, *, staged: bool = False) -> str:
@@ -59,6 +68,7 @@ class Trainee:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: Callable[..., torch.Tensor]  # (output, target) -> the batch's mean loss
     pipeline: Any = None  # this rank's jobs.pipeline.Pipeline, when the model is cut into stages
     loss: float = float("nan")  # global mean loss of the last logged step
 
@@ -82,12 +92,13 @@ def train(plan: JobPlan, job: Job) -> dict[str, Any] | None:
     dp_index, _ = dims.coordinates(env.rank)
     cfg = plan.train
     seed_everything(cfg.seed)  # the same initial model on every rank
-    data = build_dataset(plan.data)
-    model, pipeline = parallelize(build_model(plan.model, sample_shape=data.sample_shape, num_classes=data.num_classes),
-                                  plan, dims, rank=env.rank, device=device, sample_shape=data.sample_shape)
+    data = describe(plan.data)
+    loss_fn = plan.loss.as_loss()
+    model, pipeline = parallelize(build_model(plan.model, data), plan, dims, rank=env.rank, device=device,
+                                  sample_shape=data.sample_shape, loss_fn=loss_fn)
     optimizer = build_optimizer(plan.optim, model.parameters())
     trainee = Trainee(model, optimizer, build_scheduler(plan.optim, optimizer, total_steps=cfg.steps),
-                      pipeline=pipeline)
+                      loss_fn=loss_fn, pipeline=pipeline)
     seed_everything(cfg.seed + 1 + env.rank)  # per-rank streams (dropout, augmentation) from here on
     state = trainee.state()
     resumed_from = job.resume(state)
@@ -97,7 +108,7 @@ def train(plan: JobPlan, job: Job) -> dict[str, Any] | None:
 
     # The ranks of one pipeline share a replica's batch (the first stage reads the inputs, the last the targets).
     loader = ResumableLoader(data.dataset, cfg.global_batch_size // dims.dp, seed=cfg.seed, replicas=dims.dp,
-                             replica=dp_index, num_workers=plan.data.num_workers)
+                             replica=dp_index, num_workers=cfg.num_workers)
     loader.seek(job.step)  # the step says where the data is
 
     metrics = MetricsLog(run_dir, resumed_step=resumed_from) if env.is_main else None
@@ -151,7 +162,7 @@ def _step(trainee: Trainee, inputs: torch.Tensor, targets: torch.Tensor) -> torc
     if trainee.pipeline is not None:
         loss = pipeline_step(trainee.pipeline, inputs, targets)
     else:
-        loss = nn.functional.cross_entropy(trainee.model(inputs), targets)
+        loss = trainee.loss_fn(trainee.model(inputs), targets)
         loss.backward()
     trainee.optimizer.step()
     trainee.scheduler.step()

@@ -1,114 +1,95 @@
-"""The models a config can name; each is built for its dataset's sample shape and class count."""
+"""The built-in models, as targets a config names like any user's (``conf/model/*.yaml``: ``_target_:
+jobs.models.mlp``). Each takes the dataset's ``sample_shape`` and ``num_classes`` and its settings, whose
+defaults and docs are its ``settings`` dataclass (checked on the login node, ``jobs.targets``).
 
+Torch-free until a model is built (``jobs.networks`` holds the layers): a sweep checks every member's
+settings without importing torch.
+"""
+
+import dataclasses
 import math
+from typing import Any
 
-import torch
-import torchvision
-from torch import nn
-
-from jobs.plan import sequence_layers
-from jobs.settings import ModelConfig
+from cluster.errors import require_positive
+from jobs.settings import config_keys
 
 
-class SimpleModel(nn.Module):
-    """The seed article's model (``../shared/seeds/001_*.txt``): flatten, 784 -> 128 -> ReLU -> 10 on MNIST."""
+@dataclasses.dataclass(frozen=True)
+class MLPSettings:
+    hidden: int = 128  # width of the hidden layer (128 is the seed article's SimpleModel)
 
-    def __init__(self, in_features: int = 28 * 28, hidden: int = 128, num_classes: int = 10):
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden)
-        self.fc2 = nn.Linear(hidden, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(x.view(x.size(0), -1))))
+    def __post_init__(self) -> None:
+        with config_keys("model"):
+            require_positive(hidden=self.hidden)
 
 
-def _cnn(cfg: ModelConfig, in_channels: int, num_classes: int) -> nn.Sequential:
-    """Conv-ReLU-pool blocks, then global average pooling and a linear head: the layers of ``sequence_layers``."""
-    widths = iter(cfg.channels)
-    layers: list[nn.Module] = []
-    for kind in sequence_layers(cfg) or ():
-        if kind == "conv":
-            out_channels = next(widths)
-            layers.append(nn.Conv2d(in_channels, out_channels, 3, padding=1))
-            in_channels = out_channels
-        elif kind == "linear":
-            layers.append(nn.Linear(in_channels, num_classes))
-        else:
-            layers.append({"relu": nn.ReLU(), "pool": nn.MaxPool2d(2, ceil_mode=True),
-                           "avgpool": nn.AdaptiveAvgPool2d(1), "flatten": nn.Flatten()}[kind])
-    return nn.Sequential(*layers)
+@dataclasses.dataclass(frozen=True)
+class CNNSettings:
+    channels: tuple[int, ...] = (32, 64)  # output channels of each conv block
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(self.channels))  # a list, from a config
+        if not self.channels or min(self.channels) <= 0:
+            raise ValueError(f"model.channels must be positive numbers, got {list(self.channels)}")
+
+    def layers(self) -> tuple[str, ...]:
+        """The model's layers by kind, in order: where pipeline stages may be cut."""
+        return (*("conv", "relu", "pool") * len(self.channels), "avgpool", "flatten", "linear")
 
 
-def _resnet18(in_channels: int, num_classes: int) -> nn.Module:
-    """torchvision's ResNet-18, its stem taking the dataset's channel count."""
-    model = torchvision.models.resnet18(num_classes=num_classes)
-    if in_channels != 3:
-        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    return model
+@dataclasses.dataclass(frozen=True)
+class ResNetSettings:
+    pass  # torchvision's ResNet-18 as it is; its stem takes the dataset's channel count
 
 
-class PatchEmbedding(nn.Module):
-    """Each image row (all channels) becomes one token, plus a learned position embedding."""
+@dataclasses.dataclass(frozen=True)
+class TransformerSettings:
+    dim: int = 64  # token embedding width
+    depth: int = 4  # number of decoder blocks (pipeline stages split these)
+    heads: int = 4  # attention heads; must divide dim
 
-    def __init__(self, channels: int, height: int, width: int, dim: int):
-        super().__init__()
-        self.proj = nn.Linear(channels * width, dim)
-        self.position = nn.Parameter(torch.zeros(height, dim))
+    def __post_init__(self) -> None:
+        with config_keys("model"):
+            require_positive(dim=self.dim, depth=self.depth, heads=self.heads)
+        if self.dim % self.heads:
+            raise ValueError(f"model.dim={self.dim} is not divisible by model.heads={self.heads}; change one of them")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = x.shape
-        rows = x.permute(0, 2, 1, 3).reshape(batch, height, channels * width)
-        return self.proj(rows) + self.position
-
-
-class DecoderBlock(nn.Module):
-    """Pre-norm causal self-attention and MLP; the unit that pipeline stages are cut from."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        length = x.size(1)
-        causal = torch.triu(torch.full((length, length), -math.inf, device=x.device), diagonal=1)
-        h = self.norm1(x)
-        x = x + self.attn(h, h, h, attn_mask=causal, need_weights=False)[0]
-        return x + self.mlp(self.norm2(x))
+    def layers(self) -> tuple[str, ...]:
+        return ("embedding", *("block",) * self.depth, "head")
 
 
-class ClassifierHead(nn.Module):
-    """Normalise the last token, which has attended to every row, and classify it."""
+def mlp(sample_shape: tuple[int, ...], num_classes: int, **settings: Any) -> Any:
+    """The seed article's SimpleModel (``../shared/seeds/001_*.txt``): flatten, 784 -> 128 -> ReLU -> 10 on MNIST."""
+    from jobs.networks import SimpleModel
 
-    def __init__(self, dim: int, num_classes: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.out = nn.Linear(dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.norm(x[:, -1]))
+    return SimpleModel(math.prod(sample_shape), MLPSettings(**settings).hidden, num_classes)
 
 
-def _transformer(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
-    """A small decoder stack as a flat sequence (embedding, blocks..., head: ``sequence_layers``), so stages
-    can be cut."""
-    channels, height, width = shape
-    # The blocks are made first, as they always were: the order of construction decides the initial weights.
-    blocks = iter([DecoderBlock(cfg.dim, cfg.heads) for _ in range(cfg.depth)])
-    make = {"embedding": lambda: PatchEmbedding(channels, height, width, cfg.dim), "block": lambda: next(blocks),
-            "head": lambda: ClassifierHead(cfg.dim, num_classes)}
-    return nn.Sequential(*(make[kind]() for kind in sequence_layers(cfg) or ()))
+def cnn(sample_shape: tuple[int, ...], num_classes: int, **settings: Any) -> Any:
+    """Conv-ReLU-pool blocks, global average pooling, a linear head: an ``nn.Sequential`` pipelines can cut."""
+    from jobs.networks import cnn as build
+
+    cfg = CNNSettings(**settings)
+    return build(cfg.layers(), cfg.channels, sample_shape[0], num_classes)
 
 
-def build_model(cfg: ModelConfig, *, sample_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The model ``cfg`` names, sized for samples of ``sample_shape`` (C, H, W)."""
-    channels = sample_shape[0]
-    if cfg.name == "mlp":
-        return SimpleModel(math.prod(sample_shape), cfg.hidden, num_classes)
-    if cfg.name == "cnn":
-        return _cnn(cfg, channels, num_classes)
-    if cfg.name == "resnet18":
-        return _resnet18(channels, num_classes)
-    return _transformer(cfg, sample_shape, num_classes)
+def resnet18(sample_shape: tuple[int, ...], num_classes: int, **settings: Any) -> Any:
+    """torchvision's ResNet-18."""
+    from jobs.networks import resnet18 as build
+
+    ResNetSettings(**settings)
+    return build(sample_shape[0], num_classes)
+
+
+def transformer(sample_shape: tuple[int, ...], num_classes: int, **settings: Any) -> Any:
+    """A small decoder stack over image rows as tokens (embedding, blocks, head), an ``nn.Sequential``."""
+    from jobs.networks import transformer as build
+
+    cfg = TransformerSettings(**settings)
+    return build(cfg.layers(), cfg.dim, cfg.heads, tuple(sample_shape), num_classes)
+
+
+mlp.settings = MLPSettings  # type: ignore[attr-defined]
+cnn.settings = CNNSettings  # type: ignore[attr-defined]
+resnet18.settings = ResNetSettings  # type: ignore[attr-defined]
+transformer.settings = TransformerSettings  # type: ignore[attr-defined]

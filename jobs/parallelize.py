@@ -1,6 +1,9 @@
 """The plan's strategy applied to a model: one function that chooses among the plain functions of
 ``jobs.strategies`` (ddp, fsdp, single) and ``jobs.pipeline`` (pipeline, hybrid)."""
 
+import dataclasses
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -12,16 +15,24 @@ from jobs.strategies import apply_ddp, apply_fsdp, apply_single
 
 
 def parallelize(model: nn.Module, plan: JobPlan, dims: ParallelDims, *, rank: int, device: torch.device,
-                sample_shape: tuple[int, ...]) -> tuple[nn.Module, Pipeline | None]:
+                sample_shape: tuple[int, ...],
+                loss_fn: Callable[..., torch.Tensor]) -> tuple[nn.Module, Pipeline | None]:
     """Apply the plan's strategy: the module to train, and the pipeline when there is one."""
     strategy = plan.strategy
     if strategy.name == "ddp":
         return apply_ddp(model, device=device, bucket_cap_mb=strategy.bucket_cap_mb), None
     if strategy.name == "fsdp":
-        return apply_fsdp(model.to(device), mesh=device_mesh(device, dp=dims.world_size)), None
+        return apply_fsdp(model.to(device), mesh=device_mesh(device, dp=dims.world_size),
+                          units=strategy.fsdp_units), None
     if not strategy.pipelined:
         return apply_single(model, device=device), None
+    if dims.layers is None:  # a user's model: its layers are counted now that it is built
+        if not isinstance(model, nn.Sequential):
+            raise ValueError(f"strategy={strategy.name} cuts the model into stages, and {type(model).__name__} is not "
+                             "an nn.Sequential: name the modules where its stages begin with strategy.split_points")
+        dims = dataclasses.replace(dims, layers=len(model), counted_later=False)  # checked again, with the count
     mesh = device_mesh(device, dp=dims.dp, pp=dims.pp)
     return apply_pipeline(model, dims, rank=rank, mesh=mesh, device=device, sample_shape=sample_shape,
                           schedule=strategy.schedule, replicate=strategy.replicate,
-                          bucket_cap_mb=strategy.bucket_cap_mb)
+                          bucket_cap_mb=strategy.bucket_cap_mb, loss_fn=loss_fn,
+                          split_points=strategy.split_points, fsdp_units=strategy.fsdp_units)

@@ -1,11 +1,12 @@
 """Pipeline model parallelism on ``torch.distributed.pipelining``, replicated over a dp x pp mesh
 (``jobs.parallelize`` chooses it for strategy=pipeline and strategy=hybrid).
 
-The model (a flat ``nn.Sequential``: the transformer's embedding, blocks and head, or the CNN's layers)
-is cut into ``pp x stages_per_rank`` stages; each pipeline rank runs its stages on micro-batches under a
-schedule (GPipe, 1F1B, interleaved 1F1B), and each stage is replicated over its dp peers with DDP or
-FSDP2. Stages keep the layer names of the whole model, so checkpoints (DCP) have the same keys
-whatever the split, and a single process reads them like its own.
+The model is cut into ``pp x stages_per_rank`` stages: a flat ``nn.Sequential`` (the transformer's embedding,
+blocks and head, the CNN's layers, a user's) in groups of its layers, any other model at
+``strategy.split_points`` (traced by ``torch.distributed.pipelining.pipeline``); each pipeline rank runs
+its stages on micro-batches under a schedule (GPipe, 1F1B, interleaved 1F1B), and each stage is replicated
+over its dp peers with DDP or FSDP2. Stages keep the parameter names of the whole model, so checkpoints (DCP)
+have the same keys whatever the split, and a single process reads them like its own.
 """
 
 import collections
@@ -22,6 +23,8 @@ from torch.distributed.pipelining import (
     Schedule1F1B,
     ScheduleGPipe,
     ScheduleInterleaved1F1B,
+    SplitPoint,
+    pipeline,
 )
 
 from cluster.parallel_dims import ParallelDims
@@ -41,65 +44,111 @@ class Pipeline:
     dp_ranks: list[int]  # the global ranks holding the same stages (this rank's replicas)
 
 
-def split_stages(model: nn.Module, dims: ParallelDims) -> list[nn.Sequential]:
-    """``model``'s layers in ``dims.stages`` groups (``ParallelDims.layers_of``), each keeping its layers' names."""
+def split_stages(model: nn.Module, dims: ParallelDims, *, split_points: tuple[str, ...] = (),
+                 microbatch: torch.Tensor | None = None) -> list[nn.Module]:
+    """``model`` cut into ``dims.stages`` stages whose parameters keep the whole model's names.
+
+    At ``split_points`` (module names, each beginning a stage: torch.distributed.pipelining traces the model
+    and cuts its graph there, whatever its ``forward``); otherwise an ``nn.Sequential`` in groups of its layers
+    (``ParallelDims.layers_of``).
+    """
+    if split_points:
+        assert microbatch is not None
+        names = {name for name, _ in model.named_modules()}
+        unknown = [point for point in split_points if point not in names]
+        if unknown:
+            children = ", ".join(name for name, _ in model.named_children())
+            raise ValueError(f"strategy.split_points {unknown} name no module of {type(model).__name__}; name modules "
+                             f"by their path (its children: {children}; deeper ones as blocks.3)")
+        pipe = pipeline(model, mb_args=(microbatch,), split_spec=dict.fromkeys(split_points, SplitPoint.BEGINNING))
+        return [pipe.get_stage_module(stage) for stage in range(pipe.num_stages)]
     if not isinstance(model, nn.Sequential) or len(model) != dims.layers:
         raise ValueError(f"{type(model).__name__} is not the sequence of {dims.layers} layers the plan cuts; "
-                         "use model=transformer or model=cnn")
+                         "name where its stages begin with strategy.split_points (module names), or give an "
+                         "nn.Sequential")
     layers = list(model.named_children())
     return [nn.Sequential(collections.OrderedDict(layers[i] for i in dims.layers_of(stage)))
             for stage in range(dims.stages)]
 
 
-def stage_boundaries(stages: list[nn.Sequential], microbatch: torch.Tensor) -> list[torch.Tensor]:
-    """The tensor entering each stage and the one leaving the last, for one micro-batch (zeros, as placeholders).
+def stage_boundaries(stages: list[nn.Module], microbatch: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """The tensors entering each stage and those leaving the last, for one micro-batch (zeros, as placeholders).
 
     Computed in eval mode and without grad, so that no RNG is drawn and no DDP wrapper runs; every boundary
     after the inputs is marked as needing a gradient, so that the stages exchange gradients across it.
     """
-    boundaries = [microbatch]
+    boundaries: list[tuple[torch.Tensor, ...]] = [(microbatch,)]
     was_training = [stage.training for stage in stages]
     with torch.no_grad():
         for stage in stages:
-            boundaries.append(torch.zeros_like(stage.eval()(boundaries[-1])).requires_grad_())
+            out = stage.eval()(*boundaries[-1])
+            out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+            boundaries.append(tuple(torch.zeros_like(tensor).requires_grad_() for tensor in out))
     for stage, training in zip(stages, was_training):
         stage.train(training)
     return boundaries
 
 
+def merge_stages(stages: list[nn.Module]) -> nn.Module:
+    """One module holding a rank's stages under the whole model's names (for the optimizer and checkpoints)."""
+    if len(stages) == 1:
+        return stages[0]
+    merged = nn.Module()
+
+    def attach(into: nn.Module, name: str, module: nn.Module) -> None:
+        existing = into._modules.get(name)  # noqa: SLF001  (a container both stages hold parts of)
+        if existing is None:
+            into.add_module(name, module)
+            return
+        if type(existing) is not nn.Module and not isinstance(existing, (nn.ModuleList, nn.ModuleDict,
+                                                                         nn.Sequential)):
+            raise ValueError(f"two stages of this rank both hold {name}: cut the model elsewhere")
+        for child_name, child in module.named_children():
+            attach(existing, child_name, child)
+
+    for stage in stages:
+        for name, child in stage.named_children():
+            attach(merged, name, child)
+    return merged
+
+
 def apply_pipeline(model: nn.Module, dims: ParallelDims, *, rank: int, mesh: DeviceMesh, device: torch.device,
-                   sample_shape: tuple[int, ...], schedule: str, replicate: str,
-                   bucket_cap_mb: float) -> tuple[nn.Module, Pipeline]:
+                   sample_shape: tuple[int, ...], schedule: str, replicate: str, bucket_cap_mb: float,
+                   loss_fn: Callable[..., torch.Tensor], split_points: tuple[str, ...] = (),
+                   fsdp_units: tuple[str, ...] = ()) -> tuple[nn.Module, Pipeline]:
     """This rank's stages (as one module with the whole model's layer names) and its pipeline.
 
     ``mesh`` is the (dp, pp) device mesh; the returned module is what the optimizer and checkpoints see.
     """
     _, pp_index = dims.coordinates(rank)
-    all_stages = split_stages(model, dims)
     microbatch = torch.zeros(dims.global_batch_size // (dims.dp * dims.microbatches), *sample_shape)
+    all_stages = split_stages(model, dims, split_points=split_points, microbatch=microbatch)
     boundaries = stage_boundaries(all_stages, microbatch)
     mine = dims.stages_of(pp_index)
     runners: list[PipelineStage] = []
     for index in mine:
         stage: nn.Module = all_stages[index].to(device)
         if dims.dp > 1 and replicate == "fsdp":
-            stage = apply_fsdp(stage, mesh=mesh["dp"])
+            stage = apply_fsdp(stage, mesh=mesh["dp"], units=fsdp_units)
         elif dims.dp > 1:
             stage = apply_ddp(stage, device=device, bucket_cap_mb=bucket_cap_mb, group=mesh["dp"].get_group())
         # Shapes given up front: torch 2.14 infers them by running the stage with grad enabled, which, through
         # DDP outside no_sync, arms DDP's reducer and all-reduces the first micro-batch's gradients on their own.
         # The sum is the same but rounds differently on a wrapper's first step, so a resumed run drifted ~1e-8.
         runners.append(PipelineStage(stage, index, dims.stages, device, group=mesh["pp"].get_group(),
-                                     input_args=boundaries[index].to(device),
-                                     output_args=boundaries[index + 1].to(device)))
-    loss_fn = nn.functional.cross_entropy  # a mean per micro-batch; the schedule averages over them
+                                     input_args=tuple(t.to(device) for t in boundaries[index]),
+                                     output_args=tuple(t.to(device) for t in boundaries[index + 1])))
+    # The loss is a mean per micro-batch; the schedule averages over them.
     driver: object
     if schedule == "interleaved":
         driver = ScheduleInterleaved1F1B(runners, n_microbatches=dims.microbatches, loss_fn=loss_fn)  # type: ignore[arg-type]
     else:
         driver = SCHEDULES[schedule](runners[0], n_microbatches=dims.microbatches, loss_fn=loss_fn)
-    local = nn.Sequential(collections.OrderedDict(
-        (name, layer) for index in mine for name, layer in all_stages[index].named_children()))
+    if split_points:
+        local = merge_stages([all_stages[index] for index in mine])
+    else:
+        local = nn.Sequential(collections.OrderedDict(
+            (name, layer) for index in mine for name, layer in all_stages[index].named_children()))
     return local, Pipeline(schedule=driver, is_first=0 in mine, is_last=dims.stages - 1 in mine,
                            pp_ranks=dist.get_process_group_ranks(mesh["pp"].get_group()),
                            dp_ranks=dist.get_process_group_ranks(mesh["dp"].get_group()))

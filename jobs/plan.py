@@ -17,30 +17,27 @@ from cluster.slurm.resources import SlurmResources
 from jobs.fingerprint import fingerprint_config
 from jobs.settings import (
     ClusterConfig,
-    DataConfig,
     DistributedConfig,
-    ModelConfig,
     OptimConfig,
     Requeue,
     SlurmCluster,
     StrategyConfig,
     TrainConfig,
 )
+from jobs.targets import Target, settings_of
 
 
-def sequence_layers(cfg: ModelConfig) -> tuple[str, ...] | None:
-    """The layers of ``cfg``'s model as a flat sequence, by kind: what ``jobs.models`` builds, in this order,
-    and where pipeline stages may be cut. None for a model that is not a sequence (mlp, resnet18)."""
-    if cfg.name == "transformer":
-        return ("embedding", *("block",) * cfg.depth, "head")
-    if cfg.name == "cnn":
-        return (*("conv", "relu", "pool") * len(cfg.channels), "avgpool", "flatten", "linear")
+def sequence_layers(model: Target) -> tuple[str, ...] | None:
+    """The layers of a built-in model that is a flat sequence, by kind, in order: where pipeline stages may be cut.
+    None for any other model (a user's is counted on the ranks, or cut at ``strategy.split_points``)."""
+    if model.path in ("jobs.models.transformer", "jobs.models.cnn"):
+        return settings_of(model, model.load().settings).layers()  # type: ignore[attr-defined]
     return None
 
 
-def stage_layers(cfg: ModelConfig) -> int | None:
-    """How many layers the planner may cut ``cfg``'s model at (None: it cannot be cut)."""
-    layers = sequence_layers(cfg)
+def stage_layers(model: Target) -> int | None:
+    """How many layers the planner may cut ``model`` at (None: not known before it is built)."""
+    layers = sequence_layers(model)
     return None if layers is None else len(layers)
 
 
@@ -48,8 +45,9 @@ def stage_layers(cfg: ModelConfig) -> int | None:
 class JobPlan:
     """Everything a rank needs, validated as a whole."""
 
-    model: ModelConfig
-    data: DataConfig
+    model: Target  # the model's code and keyword arguments (jobs.targets)
+    data: Target
+    loss: Target
     optim: OptimConfig
     strategy: StrategyConfig
     cluster: ClusterConfig  # where ranks run (cluster=slurm: its name, wait and dry_run; resources in ``slurm``)
@@ -94,11 +92,15 @@ class JobPlan:
                 f"{world_size} ranks; set strategy.pp={world_size}, or use strategy=hybrid for replicas of the pipeline"
             )
         pp = strategy.pp if strategy.pipelined else 1
+        layers = stage_layers(self.model) if not strategy.split_points else None
         return ParallelDims(
             world_size=world_size, dp=max(1, world_size // pp), pp=pp,
             microbatches=strategy.microbatches if strategy.pipelined else 1,
             stages_per_rank=strategy.stages_per_rank if strategy.pipelined else 1,
-            layers=stage_layers(self.model), global_batch_size=self.train.global_batch_size,
+            layers=layers if layers is not None else len(strategy.split_points) + 1 if strategy.split_points
+            else None, cut_by_name=bool(strategy.split_points),
+            counted_later=layers is None and not self.model.path.startswith("jobs.models."),  # a user's model
+            global_batch_size=self.train.global_batch_size,
         )
 
     @property
@@ -113,7 +115,7 @@ class JobPlan:
 
     def fingerprint_config(self) -> dict[str, Any]:
         """The settings a checkpoint must match (``jobs.fingerprint``); ``cluster.Job`` adds the number of ranks."""
-        return fingerprint_config(self.model, self.data, self.optim, self.strategy, self.train)
+        return fingerprint_config(self.model, self.data, self.loss, self.optim, self.strategy, self.train)
 
 
 def plan_from_config(cfg: DictConfig) -> JobPlan:
@@ -153,7 +155,8 @@ def plan_from_tree(tree: dict[str, Any]) -> JobPlan:
         where = ClusterConfig(name="slurm", wait=settings.wait, dry_run=settings.dry_run)
     else:
         where = build(ClusterConfig, "cluster")
-    return JobPlan(model=build(ModelConfig, "model"), data=build(DataConfig, "data"), optim=build(OptimConfig, "optim"),
+    code = {group: Target.from_config(group, tree.get(group)) for group in ("model", "data", "loss")}
+    return JobPlan(model=code["model"], data=code["data"], loss=code["loss"], optim=build(OptimConfig, "optim"),
                    strategy=build(StrategyConfig, "strategy"), cluster=where,
                    distributed=build(DistributedConfig, "distributed"), train=build(TrainConfig, "train"),
                    requeue=build(Requeue, "requeue"), slurm=slurm)

@@ -17,8 +17,6 @@ from cluster.errors import SettingError, require_one_of, require_positive
 from cluster.requeue import RequeueBudget
 from cluster.slurm.resources import SlurmResources
 
-MODELS = ("mlp", "cnn", "resnet18", "transformer")
-DATASETS = ("synthetic", "mnist", "cifar10", "fake")
 STRATEGIES = ("ddp", "fsdp", "single", "pipeline", "hybrid")
 SCHEDULES_PP = ("gpipe", "1f1b", "interleaved")
 OPTIMIZERS = ("sgd", "adamw")
@@ -39,50 +37,6 @@ def _tuples(obj: Any, *names: str) -> None:
     """Sequences come from the config as lists: make them the tuples the fields are."""
     for name in names:
         setattr(obj, name, tuple(getattr(obj, name)))
-
-
-@dataclasses.dataclass
-class ModelConfig:
-    name: str = MISSING  # architecture: mlp, cnn, resnet18 or transformer
-    hidden: int = 128  # mlp: width of the hidden layer (128 is the seed article's SimpleModel)
-    channels: tuple[int, ...] = (32, 64)  # cnn: output channels of each conv block
-    dim: int = 64  # transformer: token embedding width
-    depth: int = 4  # transformer: number of decoder blocks (pipeline stages split these)
-    heads: int = 4  # transformer: attention heads; must divide dim
-
-    def __post_init__(self) -> None:
-        _tuples(self, "channels")
-        with config_keys("model"):
-            require_one_of("name", self.name, MODELS)
-            require_positive(hidden=self.hidden, dim=self.dim, depth=self.depth, heads=self.heads)
-        if not self.channels or min(self.channels) <= 0:
-            raise ValueError(f"model.channels must be positive numbers, got {list(self.channels)}")
-        if self.dim % self.heads:
-            raise ValueError(f"model.dim={self.dim} is not divisible by model.heads={self.heads}; change one of them")
-
-
-@dataclasses.dataclass
-class DataConfig:
-    name: str = MISSING  # dataset: synthetic, mnist, cifar10 or fake (torchvision FakeData)
-    root: str = "data"  # mnist/cifar10: folder holding torchvision's on-disk layout
-    download: bool = False  # mnist/cifar10: fetch missing files from the internet (off: fail and say what is missing)
-    verify_md5: bool = True  # cifar10: check torchvision's checksums (off for subsets or repacked copies)
-    num_samples: int = 8192  # synthetic/fake: number of samples
-    image_shape: tuple[int, ...] = (1, 28, 28)  # synthetic/fake: shape of one sample (channels, height, width)
-    num_classes: int = 10  # synthetic/fake: number of labels
-    noise: float = 15.0  # synthetic: noise around each class prototype, relative to it (higher is harder)
-    seed: int = 1234  # synthetic/fake: seed of the data itself, separate from train.seed
-    num_workers: int = 0  # DataLoader worker processes per rank
-
-    def __post_init__(self) -> None:
-        _tuples(self, "image_shape")
-        with config_keys("data"):
-            require_one_of("name", self.name, DATASETS)
-            require_positive(num_samples=self.num_samples, num_classes=self.num_classes)
-        if len(self.image_shape) != 3 or min(self.image_shape) <= 0:
-            raise ValueError(f"data.image_shape must be [channels, height, width], got {list(self.image_shape)}")
-        if self.noise < 0 or self.num_workers < 0:
-            raise ValueError("data.noise and data.num_workers must not be negative")
 
 
 @dataclasses.dataclass
@@ -114,8 +68,11 @@ class StrategyConfig:
     schedule: str = "1f1b"  # pipeline/hybrid: gpipe, 1f1b or interleaved (several stages per rank)
     stages_per_rank: int = 1  # pipeline/hybrid: stages each pipeline rank holds (interleaved: >= 2)
     replicate: str = "ddp"  # hybrid: how each stage is replicated over its dp peers: ddp or fsdp
+    split_points: tuple[str, ...] = ()  # pipeline/hybrid: modules that begin stages ([blocks.4]); none: a Sequential
+    fsdp_units: tuple[str, ...] = ()  # fsdp: classes sharded one by one ([Block]); none: ModuleList members or children
 
     def __post_init__(self) -> None:
+        _tuples(self, "split_points", "fsdp_units")
         with config_keys("strategy"):
             require_one_of("name", self.name, STRATEGIES)
             require_one_of("schedule", self.schedule, SCHEDULES_PP)
@@ -192,10 +149,13 @@ class TrainConfig:
     keep_checkpoints: int = 3  # newest complete checkpoints kept on disk
     async_checkpoint: bool = True  # write checkpoints in the background while training goes on (one at a time)
     allow_changes: tuple[str, ...] = ()  # fingerprint keys a resume may change ([optim.lr, layout.world_size])
+    num_workers: int = 0  # DataLoader worker processes per rank (0: in the rank, where augmentation resumes exactly)
 
     def __post_init__(self) -> None:
         _tuples(self, "allow_changes")
         with config_keys("train"):
+            if self.num_workers < 0:
+                raise SettingError("{k.num_workers} must not be negative")
             require_positive(steps=self.steps, global_batch_size=self.global_batch_size,
                              log_every_steps=self.log_every_steps, checkpoint_every_steps=self.checkpoint_every_steps,
                              keep_checkpoints=self.keep_checkpoints)
@@ -212,10 +172,14 @@ class Requeue(RequeueBudget):
 
 @dataclasses.dataclass
 class TrainJobConfig:
-    """The whole config of ``python -m jobs.train``: one field per group (``cluster``'s schema is its option's)."""
+    """The whole config of ``python -m jobs.train``: one field per group (``cluster``'s schema is its option's).
 
-    model: ModelConfig = MISSING
-    data: DataConfig = MISSING
+    ``model``, ``data`` and ``loss`` name code: ``_target_`` and its keyword arguments (``jobs.targets``).
+    """
+
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    loss: dict[str, Any] = dataclasses.field(default_factory=dict)
     optim: OptimConfig = MISSING
     strategy: StrategyConfig = MISSING
     cluster: Any = MISSING
@@ -250,6 +214,9 @@ def schema(cls: type) -> DictConfig:
         OmegaConf.set_readonly(current, None)  # inherit: writable
         nodes.extend(current[key] for key in current
                      if not OmegaConf.is_missing(current, key) and isinstance(current[key], DictConfig))
+    for code in ("model", "data", "loss"):  # keyword arguments of the user's code: any key, without a "+"
+        if code in node:
+            OmegaConf.set_struct(node[code], False)
     return node
 
 

@@ -71,7 +71,9 @@ def rank_layout(resources: SlurmResources, dims: ParallelDims) -> str:
         node, local = divmod(rank, resources.tasks_per_node)
         device = f"cuda:{local}" if resources.gpus_per_node else "cpu"
         _, pp_index = dims.coordinates(rank)
-        if dims.stages > 1:
+        if dims.stages > 1 and dims.layers is None:  # a user's nn.Sequential: cut evenly once it is built
+            stages = ", ".join(str(s) for s in dims.stages_of(pp_index))
+        elif dims.stages > 1:
             stages = ", ".join(f"{s} ({dims.layers_of(s).start}-{dims.layers_of(s).stop - 1})"
                                for s in dims.stages_of(pp_index))
         else:

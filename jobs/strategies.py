@@ -20,16 +20,34 @@ def apply_ddp(model: nn.Module, *, device: torch.device, bucket_cap_mb: float,
                                    process_group=group)
 
 
-def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh) -> nn.Module:
-    """Shard parameters, gradients and optimizer state over ``mesh`` (FSDP2's ``fully_shard``).
+def fsdp_units(model: nn.Module, class_names: tuple[str, ...] = ()) -> list[nn.Module]:
+    """The modules FSDP shards one by one (innermost first), so that only one unit's parameters are gathered at a
+    time: those of the classes named; by default the model's repeated blocks, each member of an ``nn.ModuleList``
+    (a user's transformer layers), or else each child with parameters (a layer of an ``nn.Sequential``)."""
+    def has_parameters(module: nn.Module) -> bool:
+        return any(True for _ in module.parameters())
 
-    Each child with parameters (a transformer block, a layer) is its own unit, so only one unit's
-    parameters are gathered at a time; the root takes what is left. Gradients are averaged over the
-    mesh by reduce-scatter, as DDP's all-reduce does.
+    everything = [module for module in model.modules() if module is not model]
+    if class_names:
+        units = [module for module in everything if type(module).__name__ in class_names]
+        if not units:
+            classes = sorted({type(module).__name__ for module in everything})
+            raise ValueError(f"strategy.fsdp_units={list(class_names)}: no module of {type(model).__name__} is of "
+                             f"these classes; its classes: {', '.join(classes)}")
+    else:
+        units = [member for listed in everything if isinstance(listed, nn.ModuleList) for member in listed]
+        units = units or list(model.children())
+    chosen = {id(unit) for unit in units if has_parameters(unit)}
+    return [module for module in reversed(everything) if id(module) in chosen]  # inner units before outer ones
+
+
+def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh, units: tuple[str, ...] = ()) -> nn.Module:
+    """Shard parameters, gradients and optimizer state over ``mesh`` (FSDP2's ``fully_shard``): each of
+    ``fsdp_units`` is its own unit, the root takes what is left. Gradients are averaged over the mesh by
+    reduce-scatter, as DDP's all-reduce does.
     """
-    for child in model.children():
-        if any(True for _ in child.parameters()):
-            fully_shard(child, mesh=mesh)
+    for unit in fsdp_units(model, units):
+        fully_shard(unit, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
 

@@ -8,12 +8,13 @@ from hydra import compose, initialize_config_dir
 
 from cluster.requeue import RequeueBudget
 from cluster.slurm.resources import SlurmResources
+from jobs.checks import check_before_start
+from jobs.data import CIFAR10Settings, FakeSettings, FilesSettings, SyntheticSettings
+from jobs.models import CNNSettings, MLPSettings, TransformerSettings
 from jobs.plan import JobPlan, plan_from_config
 from jobs.settings import (
     ClusterConfig,
-    DataConfig,
     DistributedConfig,
-    ModelConfig,
     OptimConfig,
     SlurmCluster,
     StrategyConfig,
@@ -30,8 +31,9 @@ def plan(*overrides: str) -> JobPlan:
 
 def test_default_is_the_seed_articles_mlp_with_ddp_on_two_local_ranks():
     p = plan()
-    assert (p.model.name, p.model.hidden, p.data.name, p.strategy.name) == ("mlp", 128, "synthetic", "ddp")
-    assert (p.cluster.name, p.cluster.tasks_per_node, p.data.image_shape) == ("local", 0, (1, 28, 28))
+    assert (p.model.path, p.data.path, p.strategy.name) == ("jobs.models.mlp", "jobs.data.synthetic", "ddp")
+    assert (p.loss.path, p.cluster.name, p.cluster.tasks_per_node) == ("torch.nn.functional.cross_entropy", "local", 0)
+    assert MLPSettings().hidden == 128 and SyntheticSettings().image_shape == (1, 28, 28) and not p.model.kwargs
     assert p.world_size == 2  # 0: one rank per visible GPU, and the tests see none: 2 on the CPU
     assert p.train.steps > 0 and p.train.global_batch_size % 2 == 0
 
@@ -44,9 +46,19 @@ def test_every_group_option_composes_into_a_plan(group, choice):
     assert getattr(plan(f"{group}={choice}"), group).name == choice
 
 
+def test_a_target_from_the_command_line_takes_only_its_own_keyword_arguments():
+    for choice in ("mlp", "cnn", "transformer"):  # the built-in model's settings do not carry over to the user's
+        p = plan(f"model={choice}", "model._target_=mylab.nets.UNet", "model.width=64")
+        assert (p.model.path, dict(p.model.kwargs)) == ("mylab.nets.UNet", {"width": 64})
+    p = plan("data._target_=mylab.data.make", "loss._target_=mylab.losses.focal", "loss.gamma=2.0")
+    assert (p.data.path, dict(p.data.kwargs), p.loss.path, dict(p.loss.kwargs)) == (
+        "mylab.data.make", {}, "mylab.losses.focal", {"gamma": 2.0})
+
+
 def test_overrides_reach_typed_fields():
     p = plan("train.steps=7", "optim.lr=0.5", "data.image_shape=[3,8,8]", "model=cnn", "model.channels=[4]")
-    assert (p.train.steps, p.optim.lr, p.data.image_shape, p.model.channels) == (7, 0.5, (3, 8, 8), (4,))
+    assert (p.train.steps, p.optim.lr, p.data.kwargs, p.model.kwargs) == (
+        7, 0.5, {"image_shape": [3, 8, 8]}, {"channels": [4]})
 
 
 @pytest.mark.parametrize("override, message", [
@@ -57,7 +69,6 @@ def test_overrides_reach_typed_fields():
     ("optim.lr=-1", "optim.lr must be positive"),
     ("optim.schedule=linear", "unknown optim.schedule 'linear'"),
     ("+train.epochs=3", "unknown setting train.epochs; train takes: steps, global_batch_size"),
-    ("model=transformer model.heads=3", "not divisible by model.heads=3"),
     ("distributed.backend=mpi", "unknown distributed.backend"),
 ])
 def test_bad_values_raise_with_the_field_and_a_fix(override, message):
@@ -105,8 +116,26 @@ def test_fingerprint_ignores_length_and_cadence_but_not_the_maths():
     assert plan("train.seed=1").fingerprint_config() != base
 
 
-@pytest.mark.parametrize("cls", [ModelConfig, DataConfig, OptimConfig, StrategyConfig, ClusterConfig, SlurmCluster,
-                                 DistributedConfig, TrainConfig, SlurmResources, RequeueBudget, SweepSettings])
+@pytest.mark.parametrize("override, message", [
+    ("model=transformer model.heads=3", "not divisible by model.heads=3"),
+    ("model.hiden=3", "unknown setting model.hiden; model=mlp takes: hidden"),
+    ("model.hidden=wide", "model.hidden='wide' is not a int; set model.hidden=<a int>"),
+    ("data.num_samples=0", "data.num_samples must be positive"),
+    ("model._target_=nosuchpackage.Net", "model._target_=nosuchpackage.Net: no module named 'nosuchpackage'"),
+    ("model._target_=torch.nn.Nope", "model._target_=torch.nn.Nope: torch.nn has no callable 'Nope'"),
+    ("model._target_=torch.nn.Linear model.in_features=3 model.out=2",
+     "model.out: torch.nn.Linear does not take it"),
+    ("model._target_=torch.nn.Linear", "torch.nn.Linear needs in_features, out_features: set model.in_features"),
+])
+def test_built_in_settings_and_targets_are_checked_before_anything_starts(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_before_start(plan(*override.split()), tmp_path)
+
+
+@pytest.mark.parametrize("cls", [MLPSettings, CNNSettings, TransformerSettings, SyntheticSettings, FakeSettings,
+                                 FilesSettings, CIFAR10Settings, OptimConfig, StrategyConfig, ClusterConfig,
+                                 SlurmCluster, DistributedConfig, TrainConfig, SlurmResources, RequeueBudget,
+                                 SweepSettings])
 def test_every_field_has_a_one_line_doc_in_the_source(cls):
     sources = [inspect.getsource(base).splitlines() for base in cls.__mro__ if dataclasses.is_dataclass(base)]
     for field in dataclasses.fields(cls):  # its doc is where it is defined: the class or a base it extends

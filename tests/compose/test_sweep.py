@@ -143,7 +143,7 @@ def _leaves(tree):
     return [leaf for item in tree for leaf in _leaves(item)] if isinstance(tree, list) else [tree]
 
 
-@pytest.mark.parametrize("overrides", [["model.hidden=null"], ["train.seed=abc"], ["optim.lr=[1,2]"],
+@pytest.mark.parametrize("overrides", [["strategy.pp=null"], ["train.seed=abc"], ["optim.lr=[1,2]"],
                                        ["~optim.weight_decay"]])
 def test_a_member_the_schema_refuses_is_refused_as_hydra_refuses_it(composer_and_hydra, overrides):
     """Values written into the plain copy go through the same node conversion a composition does."""

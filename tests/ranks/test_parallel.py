@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from cluster.parallel_dims import ParallelDims
-from jobs.models import build_model
+from jobs.data import DatasetInfo
+from jobs.loop import build_model
 from jobs.pipeline import split_stages
 from jobs.plan import stage_layers
-from jobs.settings import ModelConfig
+from jobs.targets import Target
 from jobs.user_errors import describe
 from tests.helpers import final_model, read_summary, run_train
 
@@ -38,8 +39,8 @@ def test_pipeline_ranks_are_consecutive_and_replicas_span_nodes():
 
 
 def test_stages_keep_the_whole_models_layer_names():
-    cfg = ModelConfig(name="transformer", depth=2, dim=16, heads=2)
-    model = build_model(cfg, sample_shape=(1, 8, 8), num_classes=10)
+    cfg = Target("model", "jobs.models.transformer", {"depth": 2, "dim": 16, "heads": 2})
+    model = build_model(cfg, DatasetInfo(None, (1, 8, 8), 10))
     dims = ParallelDims(world_size=2, dp=1, pp=2, microbatches=2, layers=stage_layers(cfg))
     stages = split_stages(model, dims)
     names = [name for stage in stages for name in stage.state_dict()]
@@ -90,7 +91,8 @@ def test_hybrid_resumes_exactly(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (("strategy=hybrid", "strategy.pp=3", "cluster.tasks_per_node=4"), "dp x pp = 1 x 3 = 3, but the job has 4 ranks"),
     (("strategy=pipeline", "model=mlp"),
-     "the model cannot be cut into pipeline stages; give one that can (model=transformer or model=cnn)"),
+     "the model cannot be cut into pipeline stages; give one that can (model=transformer, model=cnn, or "
+     "strategy.split_points for your own)"),
     (("strategy=pipeline", "strategy.microbatches=1"), "strategy.microbatches=1 is fewer than the 2 stages"),
     (("strategy=pipeline", "strategy.schedule=zigzag"), "strategy.schedule"),
     (("strategy=pipeline", "cluster.tasks_per_node=4"), "strategy.pp=2 must equal the job's 4 ranks"),

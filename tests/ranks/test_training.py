@@ -53,11 +53,10 @@ def test_fsdp_resumes_exactly_from_its_sharded_checkpoint(tmp_path):
 
 
 def build_initial_mlp() -> dict[str, torch.Tensor]:
-    from jobs.models import build_model
-    from jobs.settings import ModelConfig
+    from jobs.models import mlp
 
     torch.manual_seed(0)
-    return build_model(ModelConfig(name="mlp"), sample_shape=(1, 28, 28), num_classes=10).state_dict()
+    return mlp((1, 28, 28), 10).state_dict()
 
 
 def test_sigkilled_run_resumes_to_the_same_digest(tmp_path):

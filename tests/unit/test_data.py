@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.data import CIFAR10_FILES, MNIST_FILES, build_dataset, check_data_available
-from jobs.settings import DataConfig
+from jobs.data import CIFAR10_FILES, MNIST_FILES, check_data, describe
+from jobs.targets import Target
+
+
+def data(name: str, **kwargs) -> Target:
+    """What ``data=NAME data.KEY=VALUE...`` names."""
+    return Target("data", f"jobs.data.{name}", kwargs)
 
 
 def write_idx(path, array: np.ndarray) -> None:
@@ -41,34 +46,34 @@ def cifar_root(tmp_path):
 
 
 def test_mnist_reads_idx_files(mnist_root):
-    info = build_dataset(DataConfig(name="mnist", root=str(mnist_root)))
+    info = describe(data("mnist", root=str(mnist_root)))
     image, label = info.dataset[3]
     assert len(info.dataset) == 12 and image.shape == (1, 28, 28) and label == 3
     assert info.sample_shape == (1, 28, 28) and info.num_classes == 10
 
 
 def test_cifar10_reads_python_batches(cifar_root):
-    info = build_dataset(DataConfig(name="cifar10", root=str(cifar_root), verify_md5=False))
+    info = describe(data("cifar10", root=str(cifar_root), verify_md5=False))
     image, label = info.dataset[6]
     assert len(info.dataset) == 25 and image.shape == (3, 32, 32) and label == 2
 
 
 def test_cifar10_checksums_are_checked_by_default(cifar_root):
     with pytest.raises(RuntimeError, match="corrupted"):
-        build_dataset(DataConfig(name="cifar10", root=str(cifar_root)))
+        describe(data("cifar10", root=str(cifar_root)))
 
 
 @pytest.mark.parametrize("name, files", [("mnist", MNIST_FILES), ("cifar10", CIFAR10_FILES)])
 def test_missing_files_error_names_the_folder_and_the_files(tmp_path, name, files):
     with pytest.raises(FileNotFoundError) as caught:
-        check_data_available(DataConfig(name=name, root=str(tmp_path)))
+        check_data(data(name, root=str(tmp_path)))
     message = str(caught.value)
     assert str(tmp_path) in message and all(f in message for f in files) and "data.download=true" in message
 
 
 def test_synthetic_is_deterministic_and_balanced_enough():
-    a = build_dataset(DataConfig(name="synthetic", num_samples=1000))
-    b = build_dataset(DataConfig(name="synthetic", num_samples=1000))
+    a = describe(data("synthetic", num_samples=1000))
+    b = describe(data("synthetic", num_samples=1000))
     assert torch.equal(a.dataset.tensors[0], b.dataset.tensors[0])
     counts = torch.bincount(a.dataset.tensors[1], minlength=10)
     assert counts.min() > 50
@@ -76,5 +81,5 @@ def test_synthetic_is_deterministic_and_balanced_enough():
 
 
 def test_fake_data_has_the_configured_shape():
-    info = build_dataset(DataConfig(name="fake", num_samples=3, image_shape=(3, 8, 8)))
+    info = describe(data("fake", num_samples=3, image_shape=[3, 8, 8]))
     assert info.dataset[0][0].shape == (3, 8, 8) and len(info.dataset) == 3

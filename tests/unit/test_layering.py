@@ -131,13 +131,15 @@ def config_keys() -> set[str]:
     """Every config key of the trainer (``train.steps``, ``cluster.partition``, ...) and Hydra's that it names."""
     import dataclasses
 
-    from jobs import settings
+    from jobs import data, models, settings
 
-    groups = {"model": settings.ModelConfig, "data": settings.DataConfig, "optim": settings.OptimConfig,
+    groups = {"model": models.TransformerSettings, "model ": models.MLPSettings, "model  ": models.CNNSettings,
+              "data": data.SyntheticSettings, "data ": data.CIFAR10Settings, "optim": settings.OptimConfig,
               "strategy": settings.StrategyConfig, "cluster": settings.SlurmCluster,
               "distributed": settings.DistributedConfig, "train": settings.TrainConfig, "requeue": settings.Requeue}
-    keys = {f"{group}.{field.name}" for group, cls in groups.items() for field in dataclasses.fields(cls)}
-    return keys | {"cluster.tasks_per_node", "hydra.run.dir", "hydra.sweep.dir", "hydra.launcher"}
+    keys = {f"{group.strip()}.{field.name}" for group, cls in groups.items() for field in dataclasses.fields(cls)}
+    return keys | {"cluster.tasks_per_node", "hydra.run.dir", "hydra.sweep.dir", "hydra.launcher", "model._target_",
+                   "data._target_", "loss._target_"}
 
 
 CONFIG_KEY = re.compile("|".join(rf"(?<![\w.]){re.escape(key)}(?![\w])" for key in sorted(config_keys()))

@@ -1,0 +1,120 @@
+"""Your own model, data and loss by config (``_target_``): an outside package, copied into a temporary folder
+(not importable from the repository), trained with every strategy and matching one process; bad targets refused.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cluster.rundir import read_events
+from tests.helpers import REPO, final_model, read_summary
+
+SHORT = ("train.steps=12", "train.global_batch_size=64", "train.log_every_steps=4", "train.checkpoint_every_steps=6")
+# Without dropout and augmentation, so that every strategy can match one process number for number.
+PLAIN = ("model.dropout=0.0", "data.jitter=0.0")
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    """The example package ``mylab`` and its configs, somewhere only PYTHONPATH finds them."""
+    root = tmp_path_factory.mktemp("outside")
+    shutil.copytree(REPO / "examples" / "mylab", root / "mylab")
+    shutil.copytree(REPO / "examples" / "myconf", root / "myconf")
+    return root
+
+
+def train(package: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(package)}
+    done = subprocess.run([sys.executable, "-m", "jobs.train", "--config-dir", str(package / "myconf"),
+                           "model=resmlp", "data=shapes", "loss._target_=mylab.losses.smooth_ce", *overrides],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    if check:
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
+def test_the_package_is_not_importable_from_the_repository():
+    done = subprocess.run([sys.executable, "-c", "import mylab"], cwd=REPO, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert done.returncode != 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy, ranks", [
+    (("strategy=ddp",), 2),
+    (("strategy=fsdp",), 2),
+    (("strategy=pipeline", "strategy.split_points=[blocks.2]"), 2),
+    (("strategy=hybrid", "strategy.split_points=[blocks.2]"), 4),
+], ids=["ddp", "fsdp", "pipeline", "hybrid"])
+def test_a_user_model_trains_with_every_strategy_as_one_process_does(package, tmp_path, strategy, ranks):
+    train(package, *SHORT, *PLAIN, *strategy, f"cluster.tasks_per_node={ranks}", f"hydra.run.dir={tmp_path / 'p'}")
+    train(package, *SHORT, *PLAIN, "cluster=debug", "strategy=single", f"hydra.run.dir={tmp_path / 'one'}")
+    parallel, single = final_model(tmp_path / "p"), final_model(tmp_path / "one")
+    assert parallel.keys() == single.keys() and "blocks.3.linear.weight" in single
+    for name in single:
+        torch.testing.assert_close(parallel[name], single[name], atol=2e-6, rtol=0, msg=name)
+    if "strategy=fsdp" in strategy:  # the default rule: each member of the ModuleList is a unit
+        layout = [e for e in read_events(tmp_path / "p") if e["event"] == "layout"]
+        assert layout
+
+
+@pytest.mark.slow
+def test_a_user_model_with_dropout_and_augmentation_resumes_exactly_when_cut(package, tmp_path):
+    cut = ("strategy=pipeline", "strategy.split_points=[blocks.2]", "model.dropout=0.1", *SHORT)
+    train(package, *cut, f"hydra.run.dir={tmp_path / 'whole'}")
+    train(package, *cut, "train.steps=7", f"hydra.run.dir={tmp_path / 'split'}")
+    train(package, *cut, f"hydra.run.dir={tmp_path / 'split'}")
+    assert read_summary(tmp_path / "split")["resumed_from_step"] == 7
+    assert read_summary(tmp_path / "split")["param_digest"] == read_summary(tmp_path / "whole")["param_digest"]
+
+
+def test_fsdp_units_default_to_the_members_of_a_module_list():
+    from jobs.strategies import fsdp_units
+
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        from mylab.nets import ResMLP
+    finally:
+        sys.path.remove(str(REPO / "examples"))
+    model = ResMLP((32,), 4, depth=3)
+    assert fsdp_units(model) == list(model.blocks)[::-1]
+    assert [type(unit).__name__ for unit in fsdp_units(model, ("Linear",))] == ["Linear"] * 5
+    with pytest.raises(ValueError, match=r"strategy.fsdp_units=\['Conv2d'\]: no module of ResMLP is of these classes"):
+        fsdp_units(model, ("Conv2d",))
+
+
+BAD = [
+    (("model._target_=mylab.nets.UNet",), "error: model._target_=mylab.nets.UNet: mylab.nets has no callable 'UNet'"),
+    (("model._target_=mylib.nets.ResMLP",), "error: model._target_=mylib.nets.ResMLP: no module named 'mylib'"),
+    (("model.widht=3",), "error: model.widht: mylab.nets.ResMLP does not take it"),
+    (("loss.smoothness=0.1",), "error: loss.smoothness: mylab.losses.smooth_ce does not take it"),
+    (("data.sized=3",), "error: data.sized: mylab.data.make_dataset does not take it"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD, ids=["no-name", "no-module", "model-kwarg", "loss-kwarg",
+                                                         "data-kwarg"])
+def test_a_bad_target_is_refused_on_the_login_node_before_any_rank_starts(package, tmp_path, overrides, message):
+    done = train(package, *overrides, f"hydra.run.dir={tmp_path / 'r'}", check=False)
+    assert done.returncode == 2 and done.stderr.startswith(message) and len(done.stderr.splitlines()) == 1, \
+        done.stderr
+    assert not (tmp_path / "r").exists()  # nothing started, nothing left
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("~model.width", "~model.depth", "model._target_=mylab.data.make_dataset"),
+     "model._target_=mylab.data.make_dataset returned a Shapes, not a torch.nn.Module"),
+    (("data._target_=torch.zeros", "data.size=[3]"), "its items are Tensors, not (input, target) pairs"),
+    (("strategy=pipeline", "strategy.split_points=[block.2]"), "strategy.split_points ['block.2'] name no module"),
+])
+def test_a_target_that_builds_the_wrong_thing_ends_the_run_at_once_with_one_line(package, tmp_path, overrides,
+                                                                                 message):
+    done = train(package, *SHORT, *overrides, f"hydra.run.dir={tmp_path / 'r'}", check=False)
+    assert done.returncode != 0 and message in done.stderr, done.stderr[-3000:]
+    failed = [e for e in read_events(tmp_path / "r") if e["event"] == "failed"] if (tmp_path / "r").exists() else []
+    assert all(e.get("kind") in ("config", "final") for e in failed)  # not retried: it would only repeat
