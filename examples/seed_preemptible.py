@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import os
 import socket
+import time
 
 import torch
 import torch.distributed as dist
@@ -68,6 +69,7 @@ def train(args, job):  # clusterjobs
     state = {"model": model, "optimizer": optimizer, "data": train_loader}  # clusterjobs
     job.resume(state)  # clusterjobs
 
+    started = time.perf_counter()
     for epoch in range(train_loader.epoch, args.epochs):  # clusterjobs
         model.train()
         for data, target in train_loader:
@@ -80,6 +82,7 @@ def train(args, job):  # clusterjobs
         print(f"Rank {rank}, epoch {epoch}, loss: {loss.item()}", flush=True)
 
     if rank == 0:
+        print(f"train seconds: {time.perf_counter() - started:.3f}", flush=True)
         print(f"param digest: {digest(model.module)}", flush=True)
     job.finish(state)  # clusterjobs
 

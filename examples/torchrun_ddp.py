@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import os
 import socket
+import time
 
 import torch
 import torch.distributed as dist
@@ -68,6 +69,7 @@ def train(args):
     model = nn.parallel.DistributedDataParallel(model)
     optimizer = optim.SGD(model.parameters(), lr=0.01)
 
+    started = time.perf_counter()
     for epoch in range(args.epochs):
         train_sampler.set_epoch(epoch)
         model.train()
@@ -80,6 +82,7 @@ def train(args):
         print(f"Rank {rank}, epoch {epoch}, loss: {loss.item()}", flush=True)
 
     if rank == 0:
+        print(f"train seconds: {time.perf_counter() - started:.3f}", flush=True)
         print(f"param digest: {digest(model.module)}", flush=True)
 
 

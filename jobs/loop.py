@@ -16,7 +16,6 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from cluster.rundir import RunDir, write_json
-from cluster.runtime.checkpoint import latest_checkpoint
 from cluster.runtime.job import Job
 from cluster.runtime.loader import ResumableLoader
 from cluster.runtime.rng import seed_everything
@@ -103,8 +102,7 @@ def train(plan: JobPlan, job: Job) -> dict[str, Any] | None:
     state = trainee.state()
     resumed_from = job.resume(state)
     places = gather_places(model, pipeline, local_rank=env.local_rank)
-    if env.is_main:  # the layout as it came out, for checking against the plan (events.jsonl)
-        job.supervisor.log.record("layout", ranks=places)
+    job.record("layout", ranks=places)  # the layout as it came out, for checking against the plan
 
     # The ranks of one pipeline share a replica's batch (the first stage reads the inputs, the last the targets).
     loader = ResumableLoader(data.dataset, cfg.global_batch_size // dims.dp, seed=cfg.seed, replicas=dims.dp,
@@ -183,8 +181,7 @@ def _write_summary(trainee: Trainee, job: Job, plan: JobPlan, *, elapsed_s: floa
         "device": str(job.device),
         "resumed_from_step": job.resumed_from,
         "train_seconds": round(elapsed_s, 3),
-        "last_checkpoint": str(last.resolve()) if (last := latest_checkpoint(RunDir(job.run_dir).checkpoints))
-        else None,
+        "last_checkpoint": str(last.resolve()) if (last := job.last_checkpoint()) else None,
     }
     write_json(RunDir(job.run_dir).summary, summary)
     return summary

@@ -112,6 +112,15 @@ class Job:
         """The gloo group checkpoints are written over (their own, so a background save never races training)."""
         return self.writer.group
 
+    def last_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint of the run directory (what a resume would load), or None."""
+        return latest_checkpoint(self.writer.root)
+
+    def record(self, event: str, **fields: Any) -> None:
+        """Add an event to the run's ``events.jsonl`` (rank 0 writes; the other ranks' calls do nothing)."""
+        if self.is_main:
+            self.supervisor.log.record(event, **fields)
+
     def meta(self) -> dict[str, Any]:
         return {"world_size": self.world_size, "config": fingerprint(self.config, self.world_size)}
 

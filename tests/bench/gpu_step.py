@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn, optim
 
-from jobs.models import SimpleModel
+from jobs.networks import SimpleModel
 
 REPO = Path(__file__).resolve().parents[2]
 HIDDEN, PER_RANK_BATCH, WARM = 4096, 256, 50

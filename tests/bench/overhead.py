@@ -36,9 +36,8 @@ import torch
 from torch import nn, optim
 from torch.utils.data import DataLoader, DistributedSampler
 
-from jobs.data import build_dataset
-from jobs.models import SimpleModel
-from jobs.settings import DataConfig
+from jobs.data import synthetic
+from jobs.networks import SimpleModel
 from tests.gloo_ranks import spawn_gloo_ranks
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,7 +52,7 @@ def plain_rank(rank: int, steps: int, result: str) -> None:
     ``setup``), counting steps instead of epochs."""
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // WORLD_SIZE))  # as ours does
     torch.manual_seed(0)
-    dataset = build_dataset(DataConfig(name="synthetic")).dataset
+    dataset = synthetic()
     sampler = DistributedSampler(dataset, num_replicas=WORLD_SIZE, rank=rank)
     loader = DataLoader(dataset, batch_size=PER_RANK_BATCH, sampler=sampler, drop_last=True)
     model = nn.parallel.DistributedDataParallel(SimpleModel())

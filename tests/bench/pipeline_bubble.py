@@ -27,7 +27,8 @@ from torch.distributed.pipelining import PipelineStage
 
 from cluster.parallel_dims import ParallelDims
 from cluster.runtime.rng import seed_everything
-from jobs.models import build_model
+from jobs.data import DatasetInfo
+from jobs.loop import build_model
 from jobs.pipeline import (
     SCHEDULES,
     Pipeline,
@@ -36,7 +37,7 @@ from jobs.pipeline import (
     stage_boundaries,
 )
 from jobs.plan import stage_layers
-from jobs.settings import ModelConfig
+from jobs.targets import Target
 from tests.gloo_ranks import spawn_gloo_ranks
 
 
@@ -72,7 +73,7 @@ def stage_time(local: nn.Module, boundary_in: torch.Tensor, boundary_out: torch.
 
 def measure(rank: int, args: argparse.Namespace, results: dict) -> None:
     torch.set_num_threads(1)
-    model_cfg = ModelConfig(name="transformer", dim=args.dim, depth=args.depth, heads=4)
+    model_cfg = Target("model", "jobs.models.transformer", {"dim": args.dim, "depth": args.depth, "heads": 4})
     sample_shape = (1, args.tokens, args.tokens)
     pp_group = dist.new_group(list(range(args.stages)))
     for m in args.microbatches:
@@ -80,7 +81,7 @@ def measure(rank: int, args: argparse.Namespace, results: dict) -> None:
         dims = ParallelDims(world_size=args.stages, dp=1, pp=args.stages, microbatches=max(m, args.stages),
                             layers=stage_layers(model_cfg))
         seed_everything(0)
-        stages = split_stages(build_model(model_cfg, sample_shape=sample_shape, num_classes=10), dims)
+        stages = split_stages(build_model(model_cfg, DatasetInfo(None, sample_shape, 10)), dims)
         boundaries = stage_boundaries(stages, torch.zeros(args.batch // m, *sample_shape))
         local = stages[rank]
         runner = PipelineStage(local, rank, args.stages, torch.device("cpu"), group=pp_group,

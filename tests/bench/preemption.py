@@ -34,9 +34,8 @@ import torch.distributed as dist
 from torch import nn, optim
 from torch.utils.data import DataLoader, DistributedSampler
 
-from jobs.data import build_dataset
-from jobs.models import SimpleModel
-from jobs.settings import DataConfig
+from jobs.data import synthetic
+from jobs.networks import SimpleModel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,7 +53,7 @@ class SubmititTrainer(submitit.helpers.Checkpointable):
         dist.init_process_group("gloo")
         rank = dist.get_rank()
         torch.manual_seed(0)
-        dataset = build_dataset(DataConfig(name="synthetic")).dataset
+        dataset = synthetic()
         sampler = DistributedSampler(dataset, num_replicas=dist.get_world_size(), rank=rank, drop_last=True)
         model = nn.parallel.DistributedDataParallel(SimpleModel(28 * 28, 128, 10))
         optimizer = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)

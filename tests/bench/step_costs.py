@@ -26,7 +26,7 @@ from torch import nn, optim
 from cluster.runtime.stop_vote import StopVote
 from cluster.warning_signals import StopFlag
 from jobs.loop import global_mean
-from jobs.models import SimpleModel
+from jobs.networks import SimpleModel
 from jobs.optim import build_scheduler
 from jobs.settings import OptimConfig
 from tests.gloo_ranks import spawn_gloo_ranks

@@ -155,3 +155,16 @@ def test_the_library_names_no_config_key_of_the_trainer(module):
              if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
     found = sorted({match for text in texts for match in CONFIG_KEY.findall(text)})
     assert not found, f"{module} speaks the trainer's config keys: {found}"
+
+
+PUBLIC_RUNTIME = {"cluster.runtime.job", "cluster.runtime.loader", "cluster.runtime.rng"}  # cluster.__init__'s
+
+
+@pytest.mark.parametrize("module", ["jobs.task", "jobs.loop"])
+def test_the_trainers_loop_uses_only_the_public_api_of_the_runtime(module):
+    """The built-in trainer is one user of ``cluster.start``: what it needs, a user's loop can have."""
+    import cluster
+
+    used = {name for name in imports(MODULES[module]) if name in MODULES and name.startswith("cluster.runtime")}
+    assert used <= PUBLIC_RUNTIME, f"{module} reaches past the public API: {sorted(used - PUBLIC_RUNTIME)}"
+    assert {cluster._PUBLIC[name] for name in ("start", "ResumableLoader", "seed_everything")} == PUBLIC_RUNTIME  # noqa: SLF001
