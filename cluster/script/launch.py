@@ -125,8 +125,11 @@ def run(argv: Sequence[str]) -> int:
     """``python -m cluster run``: parse, check, then run locally or submit. The exit code."""
     argv = list(argv)
     split = argv.index("--") if "--" in argv else len(argv)
-    parser = argparse.ArgumentParser(prog="python -m cluster run", usage="%(prog)s [options] -- COMMAND [ARGS...]",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m cluster run", usage="%(prog)s [options] -- COMMAND [ARGS...]",
+        description="Run COMMAND as every rank of a Slurm job (or of --local N ranks here), each with torchrun's "
+        "variables (RANK, WORLD_SIZE, MASTER_ADDR, ...); it comes back after a preemption or the time limit within "
+        "the requeue budgets. The resource options are cluster=slurm's fields.")
     add_options(parser)
     args = parser.parse_args(argv[:split])
     command = argv[split + 1:]

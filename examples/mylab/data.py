@@ -5,11 +5,11 @@ from torch.utils.data import Dataset
 
 
 class Shapes(Dataset):
-    def __init__(self, size: int, dim: int, classes: int, seed: int, jitter: float):
+    def __init__(self, size: int, dim: int, classes: int, seed: int, jitter: float, spread: float):
         generator = torch.Generator().manual_seed(seed)
         centers = torch.randn(classes, dim, generator=generator)
         self.labels = torch.randint(classes, (size,), generator=generator)
-        self.inputs = centers[self.labels] + 0.8 * torch.randn(size, dim, generator=generator)
+        self.inputs = centers[self.labels] + spread * torch.randn(size, dim, generator=generator)
         self.jitter = jitter
         self.num_classes = classes  # read by the trainer to size a model that takes num_classes
 
@@ -23,5 +23,7 @@ class Shapes(Dataset):
         return x, self.labels[index]
 
 
-def make_dataset(size: int = 2048, dim: int = 32, classes: int = 4, seed: int = 0, jitter: float = 0.1) -> Shapes:
-    return Shapes(size, dim, classes, seed, jitter)
+def make_dataset(size: int = 2048, dim: int = 32, classes: int = 4, seed: int = 0, jitter: float = 0.1,
+                 spread: float = 2.5) -> Shapes:
+    """``spread``: the noise around each class's center (higher is harder)."""
+    return Shapes(size, dim, classes, seed, jitter, spread)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, read_summary
+from tests.helpers import REPO, read_summary, squeue_ids
 from tests.ranks.test_user_code import package  # noqa: F401  (the fixture)
 from tests.slurm.test_requeue_slurm import events_named, last_step, preempt_everything, wait_finished, wait_until
 
@@ -43,3 +43,17 @@ def test_a_user_package_preempted_on_two_nodes_ends_as_an_uninterrupted_run(pack
     assert signalled[0]["cause"] == "preemption" and summary["resumed_from_step"] == signalled[0]["step"] >= at
     assert {place["host"] for place in events_named(run_dir, "layout")[0]["ranks"]} == {"node1", "node2"} or len(
         {place["host"] for place in events_named(run_dir, "layout")[0]["ranks"]}) == 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model._target_=mylab.nets.UNet", "error: model._target_=mylab.nets.UNet: mylab.nets has no callable 'UNet'"),
+    ("model.widht=3", "error: model.widht: mylab.nets.ResMLP does not take it"),
+])
+def test_a_bad_target_is_refused_before_submitting(package, tmp_path, override, message):  # noqa: F811
+    before = squeue_ids()
+    done = subprocess.run([sys.executable, "-m", "jobs.train", "--config-dir", str(package / "myconf"),
+                           "model=resmlp", "data=shapes", "cluster=slurm", override, f"hydra.run.dir={tmp_path / 'r'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(package)})
+    assert done.returncode == 2 and done.stderr.startswith(message) and len(done.stderr.splitlines()) == 1, done.stderr
+    assert squeue_ids() == before and not (tmp_path / "r").exists()
