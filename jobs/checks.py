@@ -5,6 +5,7 @@ torch is imported only when there is a checkpoint to check: importing it takes 2
 of fresh members is submitted without it (the ranks import it on their nodes).
 """
 
+import sys
 from pathlib import Path
 
 from cluster.rundir import RunDir, check_writable
@@ -19,6 +20,11 @@ def check_before_start(plan: JobPlan, run_dir: Path, *, world_size: int | None =
     world_size = world_size or plan.world_size or 1
     dims = plan.check_world(world_size)
     plan.model.check(supplied=FROM_THE_DATA)  # importing the user's code, without building it
+    if "torch" in sys.modules:  # the model's module imported it (a built-in's does not: it is ours, and known)
+        from torch import nn
+
+        plan.model.check_returns(nn.Module, "a torch.nn.Module")
+    check_split_points(plan)
     check_data(plan.data)
     plan.loss.check(called_with=2)  # (output, target)
     check_batch_fits_the_data(plan, dims.dp)
@@ -28,6 +34,17 @@ def check_before_start(plan: JobPlan, run_dir: Path, *, world_size: int | None =
     check_writable(run_dir)
     if RunDir(run_dir).checkpoints.is_dir():
         check_checkpoint(plan, RunDir(run_dir).checkpoints, world_size)
+
+
+def check_split_points(plan: JobPlan) -> None:
+    """Each split point must begin with a module the model's class assigns in ``__init__`` (what can be known
+    without building it; the whole path is checked on the ranks, in ``jobs.pipeline.split_stages``)."""
+    points = plan.strategy.split_points if plan.strategy.pipelined else ()
+    assigned = plan.model.attributes() if points else None
+    unknown = [point for point in points if assigned is not None and point.split(".")[0] not in assigned]
+    if unknown:
+        raise ValueError(f"strategy.split_points {unknown} name no module of {plan.model.path} (its __init__ "
+                         f"assigns: {', '.join(assigned or [])}); name modules by their path, as blocks.2")
 
 
 def check_slurm_devices(plan: JobPlan) -> None:

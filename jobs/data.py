@@ -182,6 +182,7 @@ class DatasetInfo:
     dataset: Any  # a map-style torch Dataset of (input, target) pairs
     sample_shape: tuple[int, ...]  # the shape of one input
     num_classes: int | None  # from the dataset's num_classes (or classes) attribute, when it has one
+    example: Any = None  # the first item's input, as the dataset gives it
 
 
 def describe(target: Target) -> DatasetInfo:
@@ -197,4 +198,4 @@ def describe(target: Target) -> DatasetInfo:
         raise ValueError(f"data._target_={target.path}: its items are {type(item).__name__}s, not (input, target) "
                          "pairs of a tensor and its label; make __getitem__ return (input, target)")
     classes = getattr(dataset, "num_classes", None) or len(getattr(dataset, "classes", ()) or ()) or None
-    return DatasetInfo(dataset, tuple(item[0].shape), classes)
+    return DatasetInfo(dataset, tuple(item[0].shape), classes, item[0])

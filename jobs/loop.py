@@ -94,7 +94,7 @@ def train(plan: JobPlan, job: Job) -> dict[str, Any] | None:
     data = describe(plan.data)
     loss_fn = plan.loss.as_loss()
     model, pipeline = parallelize(build_model(plan.model, data), plan, dims, rank=env.rank, device=device,
-                                  sample_shape=data.sample_shape, loss_fn=loss_fn)
+                                  sample_shape=data.sample_shape, loss_fn=loss_fn, example=data.example)
     optimizer = build_optimizer(plan.optim, model.parameters())
     trainee = Trainee(model, optimizer, build_scheduler(plan.optim, optimizer, total_steps=cfg.steps),
                       loss_fn=loss_fn, pipeline=pipeline)

@@ -15,12 +15,14 @@ from jobs.strategies import apply_ddp, apply_fsdp, apply_single
 
 
 def parallelize(model: nn.Module, plan: JobPlan, dims: ParallelDims, *, rank: int, device: torch.device,
-                sample_shape: tuple[int, ...],
-                loss_fn: Callable[..., torch.Tensor]) -> tuple[nn.Module, Pipeline | None]:
-    """Apply the plan's strategy: the module to train, and the pipeline when there is one."""
+                sample_shape: tuple[int, ...], loss_fn: Callable[..., torch.Tensor],
+                example: torch.Tensor | None = None) -> tuple[nn.Module, Pipeline | None]:
+    """Apply the plan's strategy: the module to train, and the pipeline when there is one. ``example``: one input
+    as the data gives it (DDP lays out its buckets with it)."""
     strategy = plan.strategy
     if strategy.name == "ddp":
-        return apply_ddp(model, device=device, bucket_cap_mb=strategy.bucket_cap_mb), None
+        sample = torch.stack([example, example]) if isinstance(example, torch.Tensor) else None
+        return apply_ddp(model, device=device, bucket_cap_mb=strategy.bucket_cap_mb, sample=sample), None
     if strategy.name == "fsdp":
         return apply_fsdp(model.to(device), mesh=device_mesh(device, dp=dims.world_size),
                           units=strategy.fsdp_units), None

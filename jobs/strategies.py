@@ -7,17 +7,23 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import fully_shard  # public since torch 2.6, the oldest we support
 from torch.nn.parallel import DistributedDataParallel
 
+from cluster.runtime.ddp import settle_buckets
+
 
 def apply_ddp(model: nn.Module, *, device: torch.device, bucket_cap_mb: float,
-              group: dist.ProcessGroup | None = None) -> nn.Module:
+              group: dist.ProcessGroup | None = None, sample: torch.Tensor | None = None) -> nn.Module:
     """Replicate ``model`` on every rank of ``group`` (all ranks by default); gradients are averaged by
     all-reduce during backward.
 
     DDP broadcasts the group's first rank's parameters at construction, so every replica starts identical.
+    Given a ``sample`` input batch, the gradient buckets are laid out before training (``settle_buckets``).
     """
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model.to(device), device_ids=device_ids, bucket_cap_mb=bucket_cap_mb,
-                                   process_group=group)
+    ddp = DistributedDataParallel(model.to(device), device_ids=device_ids, bucket_cap_mb=bucket_cap_mb,
+                                  process_group=group)
+    if sample is not None:
+        settle_buckets(ddp, sample.to(device))
+    return ddp
 
 
 def fsdp_units(model: nn.Module, class_names: tuple[str, ...] = ()) -> list[nn.Module]:

@@ -9,11 +9,13 @@ them; the data's returns a map-style dataset of ``(input, target)`` pairs; the l
 ``(output, target) -> scalar`` (called with its keyword arguments) or a class whose instance is one.
 """
 
+import ast
 import dataclasses
 import functools
 import importlib
 import inspect
 import sys
+import textwrap
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -100,6 +102,31 @@ class Target:
         if missing:
             raise ValueError(f"{self.path} needs {', '.join(missing)}: set "
                              + ", ".join(f"{self.group}.{n}=VALUE" for n in missing))
+
+    def check_returns(self, kind: type, what: str) -> None:
+        """Refuse a target that says it makes something else than ``kind``: a class that is no subclass of it, or
+        a function annotated to return another class (unannotated ones are checked when called)."""
+        target = self.load()
+        made = target if inspect.isclass(target) else inspect.signature(target).return_annotation
+        if isinstance(made, str):  # a postponed annotation: resolved in the target's module
+            made = getattr(sys.modules.get(target.__module__), made, made)
+        if inspect.isclass(made) and made is not inspect.Signature.empty and not issubclass(made, kind):
+            raise ValueError(f"{self.group}._target_={self.path} makes a {made.__name__}, not {what}; name the "
+                             f"callable that returns {what}")
+
+    def attributes(self) -> list[str] | None:
+        """The names a class target's ``__init__`` assigns (``self.NAME = ...``), in order: its modules' first
+        path segments, known without building it; None for a function, or source that cannot be read."""
+        target = self.load()
+        if not inspect.isclass(target) or "__init__" not in vars(target):
+            return None
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(vars(target)["__init__"])))
+        except (OSError, TypeError, SyntaxError):
+            return None
+        return list(dict.fromkeys(
+            node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+            and isinstance(node.value, ast.Name) and node.value.id == "self"))
 
     def call(self, **supplied: Any) -> Any:
         """Call the target with the config's keyword arguments, and those of ``supplied`` it takes that the

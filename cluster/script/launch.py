@@ -31,7 +31,7 @@ from cluster.environment import TaskEnvironment
 from cluster.errors import ClusterError, SettingError, literal
 from cluster.local.ranks import wait_for
 from cluster.requeue import RequeueBudget
-from cluster.rundir import EventLog, RunDir
+from cluster.rundir import EventLog, RunDir, read_events
 from cluster.script.task import CommandFailedError, command_environment, decide, ending_of, exit_cause
 from cluster.slurm.limits import check_against_cluster
 from cluster.slurm.resources import SlurmResources
@@ -129,7 +129,7 @@ def run(argv: Sequence[str]) -> int:
         prog="python -m cluster run", usage="%(prog)s [options] -- COMMAND [ARGS...]",
         description="Run COMMAND as every rank of a Slurm job (or of --local N ranks here), each with torchrun's "
         "variables (RANK, WORLD_SIZE, MASTER_ADDR, ...); it comes back after a preemption or the time limit within "
-        "the requeue budgets. The resource options are cluster=slurm's fields.")
+        "the requeue budgets. The options are a Slurm job's resources and the budgets, with their defaults.")
     add_options(parser)
     args = parser.parse_args(argv[:split])
     command = argv[split + 1:]
@@ -195,13 +195,22 @@ def _pump(stream: IO[bytes], path: Path, echo: IO[bytes] | None) -> threading.Th
 
 
 def _die_with_parent() -> None:
-    """In each child: be killed when the controller dies (Linux), as torchrun's workers are."""
+    """In each child, between fork and exec: be killed when the controller dies (Linux), as torchrun's workers
+    are. Nothing is imported or allocated here: libc was loaded before the fork (``_LIBC``)."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _load_libc() -> Any:
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:  # not Linux: children outlive a killed controller, as they would under a shell
+        return None
+
+
+_LIBC = _load_libc()  # loaded here, before any fork: the children's PR_SET_PDEATHSIG
 
 
 def _local_env(rank: int, ranks: int, job_id: str) -> TaskEnvironment:
@@ -240,8 +249,11 @@ def run_local(command: Sequence[str], *, ranks: int, run_dir: Path, settings: di
           "preemption, Ctrl-C stops", flush=True)
     with rundir.hold(run_dir):
         rundir.check_unclaimed([run_dir])
-        for restart in range(1_000_000):
+        restart = -1
+        while True:
+            restart += 1  # this attempt's number, in the events the controller writes
             received.clear()
+            before = len(read_events(run_dir))
             port = _free_port()
             children = []
             pumps = []
@@ -261,7 +273,7 @@ def run_local(command: Sequence[str], *, ranks: int, run_dir: Path, settings: di
             for pump in pumps:
                 pump.join(timeout=5)
             interrupted = "INT" in received
-            ending = ending_of(run_dir, job_id, restart)
+            ending = ending_of(run_dir, job_id, since=before)  # what a command using the API wrote this time
             code = next((c for c in codes if c not in (0,)), 0)
             if interrupted:
                 if not ending:
@@ -289,7 +301,6 @@ def run_local(command: Sequence[str], *, ranks: int, run_dir: Path, settings: di
                 print(f"error: {error}", file=sys.stderr)
                 return code if code > 0 else 1
             return 0
-    return 1
 
 
 def _local_variables(env: TaskEnvironment) -> dict[str, str]:

@@ -54,10 +54,11 @@ def command_environment(env: TaskEnvironment, run_dir: Path, settings: Mapping[s
             RUN_DIR_VARIABLE: str(run_dir.resolve()), SETTINGS_VARIABLE: json.dumps(settings)}
 
 
-def ending_of(run_dir: Path, job: str, restart: int) -> str:
-    """How the command said its run ended (an event of ``ENDINGS``), or "" when it said nothing."""
-    said = [e.get("event") for e in read_events(run_dir) if e.get("job") == job and e.get("restart") == restart
-            and e.get("event") in ENDINGS]
+def ending_of(run_dir: Path, job: str, *, restart: int | None = None, since: int = 0) -> str:
+    """How the command said its run ended (an event of ``ENDINGS`` of job ``job``: of its run ``restart``, or
+    among the events after the first ``since``), or "" when it said nothing."""
+    said = [e.get("event") for e in read_events(run_dir)[since:] if e.get("job") == job
+            and (restart is None or e.get("restart") == restart) and e.get("event") in ENDINGS]
     return str(said[-1]) if said else ""
 
 
@@ -122,7 +123,7 @@ def run_command(command: Sequence[str], run_dir: str, settings: Mapping[str, Any
         signal.signal(getattr(signal, f"SIG{name}"), forward)
     code = child.wait()
     budget = RequeueBudget(**settings.get("requeue", {}))
-    if ending_of(folder, env.job_id, env.restart_count):  # the command used the API: it decided already
+    if ending_of(folder, env.job_id, restart=env.restart_count):  # the command used the API: it decided already
         if code:
             raise JobEnd(code)
         return {"exit_code": 0, "run_dir": str(folder)}

@@ -3,6 +3,7 @@
 """
 
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -73,6 +74,18 @@ def test_a_user_model_with_dropout_and_augmentation_resumes_exactly_when_cut(pac
     assert read_summary(tmp_path / "split")["param_digest"] == read_summary(tmp_path / "whole")["param_digest"]
 
 
+@pytest.mark.slow
+def test_ddp_over_four_ranks_resumes_exactly_at_a_random_step(package, tmp_path):
+    """Over more than two ranks an all-reduce's sums depend on DDP's bucket layout (``cluster.settle_buckets``)."""
+    stop = random.Random().randint(1, 11)
+    run = ("strategy=ddp", "cluster.tasks_per_node=4", "model.dropout=0.1", *SHORT)
+    train(package, *run, f"hydra.run.dir={tmp_path / 'whole'}")
+    train(package, *run, f"train.steps={stop}", f"hydra.run.dir={tmp_path / 'split'}")
+    train(package, *run, f"hydra.run.dir={tmp_path / 'split'}")
+    assert read_summary(tmp_path / "split")["resumed_from_step"] == stop
+    assert read_summary(tmp_path / "split")["param_digest"] == read_summary(tmp_path / "whole")["param_digest"]
+
+
 def test_fsdp_units_default_to_the_members_of_a_module_list():
     from jobs.strategies import fsdp_units
 
@@ -94,11 +107,16 @@ BAD = [
     (("model.widht=3",), "error: model.widht: mylab.nets.ResMLP does not take it"),
     (("loss.smoothness=0.1",), "error: loss.smoothness: mylab.losses.smooth_ce does not take it"),
     (("data.sized=3",), "error: data.sized: mylab.data.make_dataset does not take it"),
+    (("~model.width", "~model.depth", "model._target_=mylab.data.make_dataset"),
+     "error: model._target_=mylab.data.make_dataset makes a Shapes, not a torch.nn.Module"),
+    (("strategy=pipeline", "strategy.split_points=[block.2]"),
+     "error: strategy.split_points ['block.2'] name no module of mylab.nets.ResMLP (its __init__ assigns: stem, "
+     "blocks, head)"),
 ]
 
 
 @pytest.mark.parametrize("overrides, message", BAD, ids=["no-name", "no-module", "model-kwarg", "loss-kwarg",
-                                                         "data-kwarg"])
+                                                         "data-kwarg", "not-a-module", "split-point"])
 def test_a_bad_target_is_refused_on_the_login_node_before_any_rank_starts(package, tmp_path, overrides, message):
     done = train(package, *overrides, f"hydra.run.dir={tmp_path / 'r'}", check=False)
     assert done.returncode == 2 and done.stderr.startswith(message) and len(done.stderr.splitlines()) == 1, \
@@ -107,10 +125,10 @@ def test_a_bad_target_is_refused_on_the_login_node_before_any_rank_starts(packag
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (("~model.width", "~model.depth", "model._target_=mylab.data.make_dataset"),
-     "model._target_=mylab.data.make_dataset returned a Shapes, not a torch.nn.Module"),
+    (("~model.width", "~model.depth", "model._target_=random.random"),  # unannotated: known once called
+     "model._target_=random.random returned a float, not a torch.nn.Module"),
     (("data._target_=torch.zeros", "data.size=[3]"), "its items are Tensors, not (input, target) pairs"),
-    (("strategy=pipeline", "strategy.split_points=[block.2]"), "strategy.split_points ['block.2'] name no module"),
+    (("strategy=pipeline", "strategy.split_points=[blocks.9]"), "strategy.split_points ['blocks.9'] name no module"),
 ])
 def test_a_target_that_builds_the_wrong_thing_ends_the_run_at_once_with_one_line(package, tmp_path, overrides,
                                                                                  message):
