@@ -9,6 +9,7 @@ MNIST is read from ``--data-root`` when torchvision's files are there; otherwise
 """
 
 import argparse
+import gc
 import hashlib
 import os
 import socket
@@ -93,6 +94,7 @@ def main():
     args = parser.parse_args()
     setup()
     train(args)
+    gc.collect()  # DDP's reducer keeps the group alive through a reference cycle: free it first
     dist.destroy_process_group()  # before the interpreter ends: gloo's threads must not outlive it
 
 

@@ -16,6 +16,7 @@ import importlib
 import inspect
 import sys
 import textwrap
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -110,7 +111,8 @@ class Target:
         made = target if inspect.isclass(target) else inspect.signature(target).return_annotation
         if isinstance(made, str):  # a postponed annotation: resolved in the target's module
             made = getattr(sys.modules.get(target.__module__), made, made)
-        if inspect.isclass(made) and made is not inspect.Signature.empty and not issubclass(made, kind):
+        unsaid = (inspect.Signature.empty, typing.Any, object)  # annotations that say nothing of the result
+        if inspect.isclass(made) and made not in unsaid and not issubclass(made, kind):
             raise ValueError(f"{self.group}._target_={self.path} makes a {made.__name__}, not {what}; name the "
                              f"callable that returns {what}")
 

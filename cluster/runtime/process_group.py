@@ -4,6 +4,7 @@ ranks out on a device mesh."""
 import contextlib
 import dataclasses
 import datetime
+import gc
 from collections.abc import Iterator
 
 import torch
@@ -74,6 +75,9 @@ def process_group(env: TaskEnvironment, *, backend: str = "auto", timeout_s: flo
     try:
         yield ProcessGroup(backend=resolved, device=device)
     finally:
+        # A DDP reducer keeps the group alive through a reference cycle; left to the interpreter's end, gloo's
+        # threads are torn down with it and torch 2.14 aborts now and then ("terminate called ...").
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -269,12 +269,12 @@ def run_local(command: Sequence[str], *, ranks: int, run_dir: Path, settings: di
                 pumps += [_pump(child.stdout, logs / f"rank-{rank}.out", sys.stdout.buffer if echo else None),
                           _pump(child.stderr, logs / f"rank-{rank}.err", sys.stderr.buffer if echo else None)]
                 children.append(child)
-            codes = _wait_all(children)
+            codes, first_bad = _wait_all(children)
             for pump in pumps:
                 pump.join(timeout=5)
             interrupted = "INT" in received
             ending = ending_of(run_dir, job_id, since=before)  # what a command using the API wrote this time
-            code = next((c for c in codes if c not in (0,)), 0)
+            code = codes[first_bad] if first_bad is not None else 0  # the rank that ended badly first: the cause
             if interrupted:
                 if not ending:
                     EventLog(run_dir, rank=0, job=job_id, restart=restart).record("stopped", cause="interrupt",
@@ -311,15 +311,20 @@ def _local_variables(env: TaskEnvironment) -> dict[str, str]:
             "SUBMITIT_LOCAL_NODEID": "0", "SUBMITIT_LOCAL_JOB_NUM_NODES": "1"}
 
 
-def _wait_all(children: list["subprocess.Popen[bytes]"]) -> list[int]:
-    """Wait for every child; once one has ended badly, the others get ``_GRACE_S`` to end, then are killed."""
+def _wait_all(children: list["subprocess.Popen[bytes]"]) -> tuple[list[int], int | None]:
+    """Wait for every child; once one has ended badly, the others get ``_GRACE_S`` to end, then are killed.
+    Their exit codes, and which one ended badly first (None: none did)."""
     bad_since: float | None = None
+    first_bad: int | None = None
     while any(child.poll() is None for child in children):
-        if bad_since is None and any(child.returncode not in (None, 0) for child in children):
-            bad_since = time.monotonic()
+        if first_bad is None:
+            first_bad = next((i for i, child in enumerate(children) if child.returncode not in (None, 0)), None)
+            bad_since = time.monotonic() if first_bad is not None else None
         if bad_since is not None and time.monotonic() - bad_since > _GRACE_S:
             for child in children:
                 if child.poll() is None:
                     child.kill()
         time.sleep(0.1)
-    return [child.returncode for child in children]
+    if first_bad is None:  # they all ended between two looks
+        first_bad = next((i for i, child in enumerate(children) if child.returncode != 0), None)
+    return [child.returncode for child in children], first_bad

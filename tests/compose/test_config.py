@@ -132,6 +132,13 @@ def test_built_in_settings_and_targets_are_checked_before_anything_starts(tmp_pa
         check_before_start(plan(*override.split()), tmp_path)
 
 
+@pytest.mark.parametrize("choice", ["mlp", "cnn", "resnet18", "transformer"])
+def test_built_in_models_pass_the_login_checks_with_torch_imported(tmp_path, choice):
+    import torch  # noqa: F401  (with torch loaded, the checks also look at what a model target returns)
+
+    check_before_start(plan(f"model={choice}", "data.num_samples=4096"), tmp_path)
+
+
 @pytest.mark.parametrize("cls", [MLPSettings, CNNSettings, TransformerSettings, SyntheticSettings, FakeSettings,
                                  FilesSettings, CIFAR10Settings, OptimConfig, StrategyConfig, ClusterConfig,
                                  SlurmCluster, DistributedConfig, TrainConfig, SlurmResources, RequeueBudget,
