@@ -1,8 +1,9 @@
 """Everything that can be known to fail before a rank starts: checked for a run, and for every member of
 a sweep before any is submitted.
 
-torch is imported only when there is a checkpoint to check: importing it takes 2-4 s here, and a sweep
-of fresh members is submitted without it (the ranks import it on their nodes).
+torch is imported only when there is a checkpoint to check, or when a user's model, data or loss module
+imports it (checking those targets imports them): importing it takes 2-4 s here, and a sweep of fresh
+members of the built-in models is submitted without it (the ranks import it on their nodes).
 """
 
 import sys
