@@ -161,6 +161,13 @@ SOURCES: tuple[_Source, ...] = (
     ),
 )
 
+def variables_for(source: str, env: TaskEnvironment) -> dict[str, str]:
+    """The variables by which ``source`` (a name in ``SOURCES``) describes ``env``: what a launcher that stands
+    in for it sets, so that ``detect_environment`` reads ``env`` back (its marker, the job id, included)."""
+    table = next(s for s in SOURCES if s.name == source).variables
+    return {variable: str(getattr(env, field)) for field, variable in table.items() if hasattr(env, field)}
+
+
 SINGLE_PROCESS = TaskEnvironment(
     started_by="single", rank=0, local_rank=0, world_size=1, node_rank=0, num_nodes=1,
     master_addr="127.0.0.1", master_port=0, job_id="", restart_count=0,

@@ -120,10 +120,13 @@ def restart_number(env: TaskEnvironment, events: Sequence[Mapping[str, Any]]) ->
     return len({e.get("restart") for e in events if e.get("event") == "started" and e.get("job") == env.job_id})
 
 
+# Events that say how a run ended ("lost": a run's successor saying it for it).
+ENDED = frozenset({"requeued", "finished", "failed", "cancelled", "lost", "stopped"})
+
+
 def unexplained_end(events: Sequence[Mapping[str, Any]], job: str, restart: int) -> Mapping[str, Any] | None:
     """The previous run's last event when that run ended without saying why (a lost node, a SIGKILL)."""
     previous = [e for e in events if e.get("job") == job and e.get("restart") == restart - 1]
     if not previous:
         return None
-    ended = {"requeued", "finished", "failed", "cancelled", "lost", "stopped"}
-    return None if any(e.get("event") in ended for e in previous) else previous[-1]
+    return None if any(e.get("event") in ENDED for e in previous) else previous[-1]

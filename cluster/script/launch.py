@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from cluster import rundir
 from cluster.by_name import ByName
-from cluster.environment import TaskEnvironment
+from cluster.environment import TaskEnvironment, variables_for
 from cluster.errors import ClusterError, SettingError, literal
 from cluster.local.ranks import wait_for
 from cluster.requeue import RequeueBudget
@@ -213,10 +213,9 @@ def _load_libc() -> Any:
 _LIBC = _load_libc()  # loaded here, before any fork: the children's PR_SET_PDEATHSIG
 
 
-def _local_env(rank: int, ranks: int, job_id: str) -> TaskEnvironment:
+def _local_env(rank: int, ranks: int, job_id: str, port: int = 0) -> TaskEnvironment:
     return TaskEnvironment(started_by="local", rank=rank, local_rank=rank, world_size=ranks, node_rank=0,
-                           num_nodes=1, master_addr="127.0.0.1", master_port=_free_port(), job_id=job_id,
-                           restart_count=0)
+                           num_nodes=1, master_addr="127.0.0.1", master_port=port, job_id=job_id, restart_count=0)
 
 
 def _free_port() -> int:
@@ -258,8 +257,10 @@ def run_local(command: Sequence[str], *, ranks: int, run_dir: Path, settings: di
             children = []
             pumps = []
             for rank in range(ranks):
-                env = dataclasses.replace(_local_env(rank, ranks, job_id), master_port=port)
-                variables = {**command_environment(env, run_dir, settings), **_local_variables(env)}
+                env = _local_env(rank, ranks, job_id, port)
+                # The "local" source's variables (submitit's local executor names them): a command using the API
+                # then knows that an exit with EXIT_REQUEUE brings it back.
+                variables = {**command_environment(env, run_dir, settings), **variables_for("local", env)}
                 if ranks > 1:  # as torchrun does: ranks sharing the cores would oversubscribe them (yours is kept)
                     variables.setdefault("OMP_NUM_THREADS", "1")
                 child = subprocess.Popen(list(command), env=variables, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -290,8 +291,7 @@ def run_local(command: Sequence[str], *, ranks: int, run_dir: Path, settings: di
             cause = exit_cause(code, warning=warning, warning_cause="signal")
             env = _local_env(0, ranks, job_id)
             try:
-                decide(run_dir, env, restart=restart, code=code, cause=cause, budget=budget,
-                       spell=lambda name: option(name.replace("-", "_")))
+                decide(run_dir, env, restart=restart, code=code, cause=cause, budget=budget, spell=option)
             except SystemExit as end:  # JobEnd: start again
                 if end.code:
                     print(f"ranks ended ({cause}, exit code {code}): starting them again", file=sys.stderr, flush=True)
@@ -301,14 +301,6 @@ def run_local(command: Sequence[str], *, ranks: int, run_dir: Path, settings: di
                 print(f"error: {error}", file=sys.stderr)
                 return code if code > 0 else 1
             return 0
-
-
-def _local_variables(env: TaskEnvironment) -> dict[str, str]:
-    """The variables of ``cluster.environment``'s "local" source (submitit's local executor names them): a
-    command using the API then knows that an exit with ``EXIT_REQUEUE`` brings it back."""
-    return {"SUBMITIT_LOCAL_JOB_ID": env.job_id, "SUBMITIT_LOCAL_GLOBALID": str(env.rank),
-            "SUBMITIT_LOCAL_LOCALID": str(env.local_rank), "SUBMITIT_LOCAL_NTASKS": str(env.world_size),
-            "SUBMITIT_LOCAL_NODEID": "0", "SUBMITIT_LOCAL_JOB_NUM_NODES": "1"}
 
 
 def _wait_all(children: list["subprocess.Popen[bytes]"]) -> tuple[list[int], int | None]:

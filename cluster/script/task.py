@@ -15,8 +15,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cluster.environment import RUN_DIR_VARIABLE, SETTINGS_VARIABLE, TaskEnvironment, detect_environment
+from cluster.environment import (
+    RUN_DIR_VARIABLE,
+    SETTINGS_VARIABLE,
+    TaskEnvironment,
+    detect_environment,
+    variables_for,
+)
 from cluster.requeue import (
+    ENDED,
     EXIT_REQUEUE,
     JobEnd,
     RequeueBudget,
@@ -27,8 +34,8 @@ from cluster.requeue import (
 )
 from cluster.rundir import EventLog, read_events
 
-# Events by which a run says how it ended (a command using the API writes them itself).
-ENDINGS = ("requeued", "finished", "failed", "cancelled", "stopped")
+# Events by which a run says how it ended itself (a command using the API writes them); "lost" is its successor's.
+ENDINGS = ENDED - {"lost"}
 
 
 class CommandFailedError(RuntimeError):
@@ -40,11 +47,10 @@ def torchrun_variables(env: TaskEnvironment) -> dict[str, str]:
 
     Not ``TORCHELASTIC_RUN_ID``: with it, the command would take itself for torchrun's and not see Slurm.
     """
-    per_node = env.world_size // env.num_nodes
-    return {"RANK": str(env.rank), "LOCAL_RANK": str(env.local_rank), "WORLD_SIZE": str(env.world_size),
-            "LOCAL_WORLD_SIZE": str(per_node), "GROUP_RANK": str(env.node_rank),
-            "GROUP_WORLD_SIZE": str(env.num_nodes), "ROLE_RANK": str(env.rank), "ROLE_WORLD_SIZE": str(env.world_size),
-            "MASTER_ADDR": env.master_addr, "MASTER_PORT": str(env.master_port)}
+    read_back = variables_for("torchrun", env)
+    del read_back["TORCHELASTIC_RUN_ID"]
+    return {**read_back, "LOCAL_WORLD_SIZE": str(env.world_size // env.num_nodes), "ROLE_RANK": str(env.rank),
+            "ROLE_WORLD_SIZE": str(env.world_size)}
 
 
 def command_environment(env: TaskEnvironment, run_dir: Path, settings: Mapping[str, Any],
