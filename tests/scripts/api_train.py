@@ -2,7 +2,7 @@
 the tests run it under ``python -m cluster run`` (locally and on Slurm), interrupt it, and compare its final
 parameters with an uninterrupted run's.
 
-    python -m cluster run --local 2 -- python tests/scripts/api_train.py --steps 600
+    python -m cluster run --local 2 -- python tests/scripts/api_train.py --steps 1000
 """
 
 import argparse
@@ -34,7 +34,7 @@ class NoisyShapes(Dataset):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=1000)
     args = parser.parse_args()
     with cluster.start(checkpoint_every_steps=50, config={"steps_total": args.steps}) as job:
         torch.manual_seed(0)
