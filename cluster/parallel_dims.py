@@ -25,6 +25,7 @@ class ParallelDims:
     cut_by_name: bool = False  # the model is cut at named modules: exactly ``layers`` stages (``split_points``)
     counted_later: bool = False  # the layers are counted once the model is built (the ranks check again)
     global_batch_size: int = 0  # samples per optimizer step over all replicas (0: not checked)
+    micro_batch_size: int = 0  # samples per forward/backward on a rank (pipelines: per micro-batch); 0: all at once
 
     def __post_init__(self) -> None:
         problems = []
@@ -55,8 +56,33 @@ class ParallelDims:
                          f"dp x microbatches = {self.dp} x {self.microbatches} = {unit}")
                 problems.append(f"{{k.global_batch_size}}={self.global_batch_size} is not divisible by {parts}; "
                                 f"use a multiple of {unit}")
+        if self.micro_batch_size and self.global_batch_size and not problems:
+            share = self.global_batch_size // self.dp  # each replica's samples per step
+            unit = self.micro_batch_size * self.microbatches
+            if share % unit:
+                what = (f"{{k.micro_batch_size}}={self.micro_batch_size}" if self.microbatches == 1 else
+                        f"{{k.micro_batch_size}} x {{k.microbatches}} = {self.micro_batch_size} x {self.microbatches}")
+                problems.append(f"{{k.global_batch_size}}={self.global_batch_size} over {self.dp} data-parallel "
+                                f"replica(s) is {share} samples each, which {what} does not divide; use a "
+                                f"{{k.micro_batch_size}} that divides {share // self.microbatches}")
         if problems:
             raise SettingError("the parallel plan does not fit: " + "; ".join(problems))
+
+    @property
+    def replica_batch_size(self) -> int:
+        """Samples each replica takes per optimizer step."""
+        return self.global_batch_size // self.dp
+
+    @property
+    def forward_batch_size(self) -> int:
+        """Samples in one forward/backward: a micro-batch (``micro_batch_size``), else the replica's batch (split
+        into ``microbatches`` in a pipeline)."""
+        return self.micro_batch_size or self.replica_batch_size // self.microbatches
+
+    @property
+    def accumulation(self) -> int:
+        """Forward/backward passes (a pipeline's: schedule runs) whose gradients one optimizer step sums."""
+        return self.replica_batch_size // (self.forward_batch_size * self.microbatches)
 
     @property
     def stages(self) -> int:

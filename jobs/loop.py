@@ -25,7 +25,7 @@ from jobs.optim import build_optimizer, build_scheduler
 from jobs.parallelize import parallelize
 from jobs.pipeline import gather_places, gather_state, pipeline_step
 from jobs.plan import JobPlan
-from jobs.strategies import unwrap
+from jobs.strategies import gradient_sync, unwrap
 from jobs.targets import Target
 
 
@@ -68,6 +68,7 @@ class Trainee:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loss_fn: Callable[..., torch.Tensor]  # (output, target) -> the batch's mean loss
+    accumulation: int = 1  # forward/backward passes per optimizer step (ParallelDims.accumulation)
     pipeline: Any = None  # this rank's jobs.pipeline.Pipeline, when the model is cut into stages
     loss: float = float("nan")  # global mean loss of the last logged step
 
@@ -94,18 +95,20 @@ def train(plan: JobPlan, job: Job) -> dict[str, Any] | None:
     data = describe(plan.data)
     loss_fn = plan.loss.as_loss()
     model, pipeline = parallelize(build_model(plan.model, data), plan, dims, rank=env.rank, device=device,
-                                  sample_shape=data.sample_shape, loss_fn=loss_fn, example=data.example)
+                                  sample_shape=data.sample_shape, loss_fn=_share_of(loss_fn, dims.accumulation),
+                                  example=data.example)
     optimizer = build_optimizer(plan.optim, model.parameters())
     trainee = Trainee(model, optimizer, build_scheduler(plan.optim, optimizer, total_steps=cfg.steps),
-                      loss_fn=loss_fn, pipeline=pipeline)
+                      loss_fn=loss_fn, accumulation=dims.accumulation, pipeline=pipeline)
     seed_everything(cfg.seed + 1 + env.rank)  # per-rank streams (dropout, augmentation) from here on
     state = trainee.state()
     resumed_from = job.resume(state)
     places = gather_places(model, pipeline, local_rank=env.local_rank)
-    job.record("layout", ranks=places)  # the layout as it came out, for checking against the plan
+    job.record("layout", ranks=places, accumulation=dims.accumulation,  # as it came out, to check against the plan
+               micro_batch_size=dims.forward_batch_size)
 
     # The ranks of one pipeline share a replica's batch (the first stage reads the inputs, the last the targets).
-    loader = ResumableLoader(data.dataset, cfg.global_batch_size // dims.dp, seed=cfg.seed, replicas=dims.dp,
+    loader = ResumableLoader(data.dataset, dims.replica_batch_size, seed=cfg.seed, replicas=dims.dp,
                              replica=dp_index, num_workers=cfg.num_workers)
     loader.seek(job.step)  # the step says where the data is
 
@@ -155,16 +158,31 @@ class TrainingDivergedError(FloatingPointError):
     """The loss is no longer a number; resuming exactly from the last checkpoint would only repeat it."""
 
 
+def _share_of(loss_fn: Callable[..., torch.Tensor], parts: int) -> Callable[..., torch.Tensor]:
+    """The loss of one of ``parts`` equal micro-batches of a step, as a share of the step's mean loss."""
+    if parts == 1:
+        return loss_fn
+    return lambda output, target: loss_fn(output, target) / parts
+
+
 def _step(trainee: Trainee, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on this replica's batch, in ``trainee.accumulation`` forward/backward passes whose
+    gradients add up (synced over the replicas on the last); the batch's mean loss (0 on a pipeline stage
+    without the loss)."""
     trainee.optimizer.zero_grad(set_to_none=True)
-    if trainee.pipeline is not None:
-        loss = pipeline_step(trainee.pipeline, inputs, targets)
-    else:
-        loss = trainee.loss_fn(trainee.model(inputs), targets)
-        loss.backward()
+    parts = trainee.accumulation
+    total = torch.zeros((), device=inputs.device)
+    for index, (chunk, target) in enumerate(zip(inputs.chunk(parts), targets.chunk(parts), strict=True)):
+        if trainee.pipeline is not None:  # the schedule's loss_fn is the share already (train)
+            total += pipeline_step(trainee.pipeline, chunk, target, accumulate=index > 0)
+            continue
+        with gradient_sync(trainee.model, enabled=index == parts - 1):
+            loss = _share_of(trainee.loss_fn, parts)(trainee.model(chunk), target)
+            loss.backward()
+        total += loss.detach()
     trainee.optimizer.step()
     trainee.scheduler.step()
-    return loss
+    return total
 
 
 def _write_summary(trainee: Trainee, job: Job, plan: JobPlan, *, elapsed_s: float, digest: str) -> dict[str, Any]:

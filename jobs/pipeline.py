@@ -42,6 +42,7 @@ class Pipeline:
     is_last: bool  # holds the last stage: computes the loss
     pp_ranks: list[int]  # the global ranks of this rank's pipeline, stage order
     dp_ranks: list[int]  # the global ranks holding the same stages (this rank's replicas)
+    parameters: list[nn.Parameter] = dataclasses.field(default_factory=list)  # this rank's stages' parameters
 
 
 def split_stages(model: nn.Module, dims: ParallelDims, *, split_points: tuple[str, ...] = (),
@@ -96,16 +97,23 @@ def merge_stages(stages: list[nn.Module]) -> nn.Module:
     merged = nn.Module()
 
     def attach(into: nn.Module, name: str, module: nn.Module) -> None:
-        existing = into._modules.get(name)  # noqa: SLF001  (a container both stages hold parts of)
+        existing = into._modules.get(name)  # noqa: SLF001  (a container both stages hold parts of: blocks)
         if existing is None:
             into.add_module(name, module)
             return
-        if type(existing) is not nn.Module and not isinstance(existing, (nn.ModuleList, nn.ModuleDict,
-                                                                         nn.Sequential)):
+        if any(True for _ in existing.parameters(recurse=False)) or any(True for _ in existing.buffers(recurse=False)):
             raise ValueError(f"two stages of this rank both hold {name}: cut the model elsewhere")
+        if existing not in fresh:  # a stage's own container: the union goes into a new one, the stage is kept whole
+            union = nn.Module()
+            for child_name, child in existing.named_children():
+                union.add_module(child_name, child)
+            into.add_module(name, union)
+            fresh.add(union)
+            existing = union
         for child_name, child in module.named_children():
             attach(existing, child_name, child)
 
+    fresh: set[nn.Module] = {merged}
     for stage in stages:
         for name, child in stage.named_children():
             attach(merged, name, child)
@@ -121,7 +129,7 @@ def apply_pipeline(model: nn.Module, dims: ParallelDims, *, rank: int, mesh: Dev
     ``mesh`` is the (dp, pp) device mesh; the returned module is what the optimizer and checkpoints see.
     """
     _, pp_index = dims.coordinates(rank)
-    microbatch = torch.zeros(dims.global_batch_size // (dims.dp * dims.microbatches), *sample_shape)
+    microbatch = torch.zeros(dims.forward_batch_size, *sample_shape)
     all_stages = split_stages(model, dims, split_points=split_points, microbatch=microbatch)
     boundaries = stage_boundaries(all_stages, microbatch)
     mine = dims.stages_of(pp_index)
@@ -129,7 +137,7 @@ def apply_pipeline(model: nn.Module, dims: ParallelDims, *, rank: int, mesh: Dev
     for index in mine:
         stage: nn.Module = all_stages[index].to(device)
         if dims.dp > 1 and replicate == "fsdp":
-            stage = apply_fsdp(stage, mesh=mesh["dp"], units=fsdp_units)
+            stage = apply_fsdp(stage, mesh=mesh["dp"], units=fsdp_units, nested=not split_points)
         elif dims.dp > 1:
             stage = apply_ddp(stage, device=device, bucket_cap_mb=bucket_cap_mb, group=mesh["dp"].get_group())
         # Shapes given up front: torch 2.14 infers them by running the stage with grad enabled, which, through
@@ -151,15 +159,27 @@ def apply_pipeline(model: nn.Module, dims: ParallelDims, *, rank: int, mesh: Dev
             (name, layer) for index in mine for name, layer in all_stages[index].named_children()))
     return local, Pipeline(schedule=driver, is_first=0 in mine, is_last=dims.stages - 1 in mine,
                            pp_ranks=dist.get_process_group_ranks(mesh["pp"].get_group()),
-                           dp_ranks=dist.get_process_group_ranks(mesh["dp"].get_group()))
+                           dp_ranks=dist.get_process_group_ranks(mesh["dp"].get_group()),
+                           parameters=list(local.parameters()))
 
 
-def pipeline_step(pipeline: Pipeline, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Forward and backward of one batch through the pipeline; the batch's mean loss on the last stage, else 0."""
+def pipeline_step(pipeline: Pipeline, inputs: torch.Tensor, targets: torch.Tensor, *,
+                  accumulate: bool = False) -> torch.Tensor:
+    """Forward and backward of one batch through the pipeline; the batch's mean loss on the last stage, else 0.
+
+    ``accumulate``: add the gradients to those already there (the schedule scales the stages' gradients by its
+    micro-batches at its end, which would scale the earlier ones again): they are set aside during the run.
+    """
     losses: list[torch.Tensor] = []
     args = (inputs,) if pipeline.is_first else ()
     kwargs = {"target": targets, "losses": losses} if pipeline.is_last else {}
+    kept = [parameter.grad for parameter in pipeline.parameters] if accumulate else []
+    for parameter in pipeline.parameters if accumulate else ():
+        parameter.grad = None
     pipeline.schedule.step(*args, **kwargs)  # type: ignore[attr-defined]
+    for parameter, earlier in zip(pipeline.parameters, kept, strict=False):
+        if earlier is not None:
+            parameter.grad = earlier if parameter.grad is None else parameter.grad.add_(earlier)
     if not pipeline.is_last:
         return torch.zeros((), device=inputs.device)
     return torch.stack([loss.detach() for loss in losses]).mean()

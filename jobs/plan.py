@@ -93,14 +93,19 @@ class JobPlan:
             )
         pp = strategy.pp if strategy.pipelined else 1
         layers = stage_layers(self.model) if not strategy.split_points else None
+        microbatches = strategy.microbatches if strategy.pipelined else 1
+        micro = self.train.micro_batch_size
+        if not micro:  # the per-rank batch of the job at its full size: fewer ranks (an elastic job) accumulate
+            full_dp = max(1, (self.world_size or world_size) // pp)
+            micro = max(1, self.train.global_batch_size // (full_dp * microbatches))
         return ParallelDims(
             world_size=world_size, dp=max(1, world_size // pp), pp=pp,
-            microbatches=strategy.microbatches if strategy.pipelined else 1,
+            microbatches=microbatches,
             stages_per_rank=strategy.stages_per_rank if strategy.pipelined else 1,
             layers=layers if layers is not None else len(strategy.split_points) + 1 if strategy.split_points
             else None, cut_by_name=bool(strategy.split_points),
             counted_later=layers is None and not self.model.path.startswith("jobs.models."),  # a user's model
-            global_batch_size=self.train.global_batch_size,
+            global_batch_size=self.train.global_batch_size, micro_batch_size=micro,
         )
 
     @property

@@ -79,6 +79,9 @@ class StrategyConfig:
             require_one_of("replicate", self.replicate, ("ddp", "fsdp"))
             require_positive(bucket_cap_mb=self.bucket_cap_mb, pp=self.pp, microbatches=self.microbatches,
                              stages_per_rank=self.stages_per_rank)
+        if self.split_points and self.fsdp_units and self.name == "hybrid" and self.replicate == "fsdp":
+            raise ValueError("strategy.fsdp_units with strategy.split_points: each traced stage is one FSDP unit (its "
+                             "graph reads the parameters of its modules directly); drop strategy.fsdp_units")
         if (self.schedule == "interleaved") != (self.stages_per_rank > 1):
             raise ValueError(f"strategy.schedule={self.schedule} with strategy.stages_per_rank={self.stages_per_rank}: "
                              "the interleaved schedule is the one for several stages per rank; "
@@ -143,6 +146,7 @@ class DistributedConfig:
 class TrainConfig:
     steps: int = 400  # optimizer steps in total (a resumed run continues up to this count)
     global_batch_size: int = 128  # samples per optimizer step, summed over all data-parallel ranks
+    micro_batch_size: int = 0  # per-rank samples per forward/backward, accumulated into a step (0: all, at full size)
     seed: int = 0  # seed of model init and of the per-epoch shuffling
     log_every_steps: int = 20  # optimizer steps between two metrics records
     checkpoint_every_steps: int = 100  # optimizer steps between two checkpoints (one is also written at the end)
@@ -154,8 +158,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _tuples(self, "allow_changes")
         with config_keys("train"):
-            if self.num_workers < 0:
-                raise SettingError("{k.num_workers} must not be negative")
+            if self.num_workers < 0 or self.micro_batch_size < 0:
+                raise SettingError("{k.num_workers} and {k.micro_batch_size} must not be negative")
             require_positive(steps=self.steps, global_batch_size=self.global_batch_size,
                              log_every_steps=self.log_every_steps, checkpoint_every_steps=self.checkpoint_every_steps,
                              keep_checkpoints=self.keep_checkpoints)

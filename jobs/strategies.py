@@ -1,5 +1,8 @@
 """Parallel strategies as plain functions: each takes a model and returns the module to train."""
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -47,12 +50,13 @@ def fsdp_units(model: nn.Module, class_names: tuple[str, ...] = ()) -> list[nn.M
     return [module for module in reversed(everything) if id(module) in chosen]  # inner units before outer ones
 
 
-def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh, units: tuple[str, ...] = ()) -> nn.Module:
+def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh, units: tuple[str, ...] = (), nested: bool = True) -> nn.Module:
     """Shard parameters, gradients and optimizer state over ``mesh`` (FSDP2's ``fully_shard``): each of
     ``fsdp_units`` is its own unit, the root takes what is left. Gradients are averaged over the mesh by
-    reduce-scatter, as DDP's all-reduce does.
+    reduce-scatter, as DDP's all-reduce does. ``nested=False``: the model is one unit (a traced pipeline stage,
+    whose graph reads its submodules' parameters directly, so their own units would never be gathered).
     """
-    for unit in fsdp_units(model, units):
+    for unit in fsdp_units(model, units) if nested else ():
         fully_shard(unit, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
@@ -61,6 +65,26 @@ def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh, units: tuple[str, ...] = (
 def apply_single(model: nn.Module, *, device: torch.device) -> nn.Module:
     """One rank trains the whole model; nothing is communicated."""
     return model.to(device)
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, *, enabled: bool) -> Iterator[None]:
+    """Backward passes inside keep their gradients on this rank when not ``enabled`` (all but the last of an
+    accumulated step): DDP's ``no_sync``, FSDP2's ``set_requires_gradient_sync``. The pass with it enabled
+    averages the sum over the replicas. A pipeline's stages sync as their schedule says."""
+    if enabled:
+        yield
+    elif isinstance(model, DistributedDataParallel):
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):  # an FSDP2 module (fully_shard)
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
 
 
 def unwrap(model: nn.Module) -> nn.Module:

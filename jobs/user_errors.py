@@ -22,6 +22,7 @@ CONFIG_KEYS: dict[str, str] = {
     "sweep_dir": "hydra.sweep.dir",
     "allow_changes": "train.allow_changes",
     "global_batch_size": "train.global_batch_size",
+    "micro_batch_size": "train.micro_batch_size",
     "pp": "strategy.pp",
     "microbatches": "strategy.microbatches",
     "stages_per_rank": "strategy.stages_per_rank",

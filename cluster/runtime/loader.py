@@ -1,78 +1,164 @@
-"""Batches of a map-style dataset for one data-parallel replica, epoch after epoch, resumable at any batch.
+"""Batches of a map-style dataset for one data-parallel replica, epoch after epoch, resumable at any step and
+on any number of replicas.
 
-The position is counted in batches handed to the loop (not drawn by the loader, whose workers fetch
-ahead), so a checkpoint taken at a step boundary says exactly which batch comes next. Random augmentation
-resumes exactly in the loop's process (``num_workers=0``: its generators are in the checkpoint); worker
-processes reseed each epoch, so a resume in mid-epoch gives their samples other random draws.
+Which samples make up a step depends only on the seed, the epoch and the global batch (``batch_size`` x
+``replicas``): each epoch is one shuffle of the whole dataset, cut into global batches, and each replica
+takes its share of the step's batch. So a run resumed on another number of ranks goes on with the same
+samples, none skipped or repeated. The position is counted in steps handed to the loop (not drawn by the
+loader, whose workers fetch ahead), so a checkpoint taken at a step boundary says exactly what comes next.
+
+Random augmentation is drawn per sample: before a sample is read, torch's, Python's and NumPy's global
+generators are seeded from (seed, epoch, index), as torchvision's transforms draw from them. A sample's
+augmentation is then the same whichever rank or worker reads it, and whenever: exact after a resume with
+``num_workers`` > 0 and on another number of ranks. In the loop's own process the generators are put back
+after each batch, so the rank's own stream (dropout) is not disturbed.
 """
 
+import random
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+try:
+    import numpy
+except ImportError:  # pragma: no cover  (torch works without NumPy; then there is no NumPy generator to seed)
+    numpy = None  # type: ignore[assignment]
 
 
-class _SkipFirst(Sampler[int]):
-    """The first ``skip`` indices of an epoch left out, without loading the samples it skips."""
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed a sample's random draws start from: distinct for every (epoch, index) of a run."""
+    return ((seed * 1_000_003 + epoch) * 4_294_967_311 + index) % (2**63)
 
-    def __init__(self, sampler: DistributedSampler, skip: int):
-        self.sampler, self.skip = sampler, skip
 
-    def __iter__(self) -> Iterator[int]:
-        indices = iter(self.sampler)
-        for _ in range(self.skip):
-            next(indices)
-        return indices
+def _seed_generators(value: int) -> None:
+    torch.default_generator.manual_seed(value)  # the CPU generator only: torch.manual_seed costs 90 us more
+    random.seed(value)
+    if numpy is not None:
+        numpy.random.seed(value % 2**32)
+
+
+class _Generators:
+    """The global generators' states in this process, to put back."""
+
+    def __init__(self) -> None:
+        self.torch = torch.default_generator.get_state()
+        self.python = random.getstate()
+        self.numpy = numpy.random.get_state() if numpy is not None else None
+
+    def restore(self) -> None:
+        torch.default_generator.set_state(self.torch)
+        random.setstate(self.python)
+        if numpy is not None:
+            numpy.random.set_state(self.numpy)
+
+
+class _Seeded(Dataset):
+    """The dataset, read by (epoch, index) keys: each sample's draws seeded from its own key."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        _seed_generators(sample_seed(self.seed, epoch, index))
+        return self.dataset[index]
 
     def __len__(self) -> int:
-        return len(self.sampler) - self.skip
+        return len(self.dataset)  # type: ignore[arg-type]
+
+
+class _Share(Sampler[tuple[int, int]]):
+    """This replica's keys of one epoch, from step ``start`` on: its slice of each global batch."""
+
+    def __init__(self, order: list[int], *, epoch: int, start: int, steps: int, batch_size: int, replicas: int,
+                 replica: int):
+        self.order, self.epoch, self.start, self.steps = order, epoch, start, steps
+        self.batch_size, self.replicas, self.replica = batch_size, replicas, replica
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        step_size = self.batch_size * self.replicas
+        for step in range(self.start, self.steps):
+            first = step * step_size + self.replica * self.batch_size
+            for index in self.order[first:first + self.batch_size]:
+                yield self.epoch, index
+
+    def __len__(self) -> int:
+        return (self.steps - self.start) * self.batch_size
 
 
 class ResumableLoader:
-    """``DistributedSampler`` + ``DataLoader`` in one, with a position a checkpoint can hold.
+    """A ``DataLoader`` for one replica, with a position a checkpoint can hold (``state_dict``).
 
-    Iterating gives the rest of the current epoch (whole batches); at its end the next epoch begins, with
-    a new shuffle (``seed + epoch``, as ``DistributedSampler.set_epoch``). ``replicas``/``replica``
-    default to the process group's size and rank; ranks of one pipeline share a replica. Put it in the
-    state ``Job.save`` saves, or call ``seek(step)`` when the step says where the data is.
+    Iterating gives the rest of the current epoch, one batch of ``batch_size`` samples per step; at its end
+    the next epoch begins, with a new shuffle (``seed + epoch``). The epoch's last samples that do not fill a
+    global batch are left out. ``replicas``/``replica`` default to the process group's size and rank; ranks of
+    one pipeline share a replica. Put it in the state ``Job.save`` saves, or call ``seek(step)`` when the
+    step says where the data is. ``loader_options`` go to the ``DataLoader`` (``num_workers``, ...).
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0,
                  replicas: int | None = None, replica: int | None = None, **loader_options: Any):
-        self.dataset, self.batch_size, self.loader_options = dataset, batch_size, loader_options
-        replicas = dist.get_world_size() if replicas is None else replicas
-        replica = dist.get_rank() if replica is None else replica
-        self.sampler: DistributedSampler = DistributedSampler(dataset, num_replicas=replicas, rank=replica,
-                                                              shuffle=shuffle, seed=seed, drop_last=True)
+        self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
+        self.replicas = dist.get_world_size() if replicas is None else replicas
+        self.replica = dist.get_rank() if replica is None else replica
+        self.loader_options = loader_options
         if len(self) == 0:
             raise ValueError(f"the dataset has {len(dataset)} samples (len(dataset)), fewer than one batch of "  # type: ignore[arg-type]
-                             f"{batch_size} for each of {replicas} replicas; use a smaller batch or more data")
+                             f"{batch_size} for each of {self.replicas} replicas; use a smaller batch or more data")
         self.epoch, self.batch = 0, 0  # where the next batch comes from
 
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per step over all replicas: what the position is counted in."""
+        return self.batch_size * self.replicas
+
     def __len__(self) -> int:
-        """Batches in one epoch."""
-        return len(self.sampler) // self.batch_size
+        """Steps (batches) in one epoch."""
+        return len(self.dataset) // self.global_batch_size  # type: ignore[arg-type]
+
+    def _order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(len(self.dataset)))  # type: ignore[arg-type]
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)  # as DistributedSampler.set_epoch
+        return torch.randperm(len(self.dataset), generator=generator).tolist()  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[Any]:
-        self.sampler.set_epoch(self.epoch)
-        # A generator of its own: a DataLoader draws its workers' base seed from it as each epoch's iterator starts,
-        # and drawing from the global one would put a resumed run (which starts one mid-epoch) off by one draw.
-        generator = torch.Generator().manual_seed(self.sampler.seed + self.epoch)
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, drop_last=True, generator=generator,
-                            sampler=_SkipFirst(self.sampler, self.batch * self.batch_size), **self.loader_options)
-        for batch in loader:
+        share = _Share(self._order(), epoch=self.epoch, start=self.batch, steps=len(self), batch_size=self.batch_size,
+                       replicas=self.replicas, replica=self.replica)
+        # A generator of its own, though the draws are seeded per sample: a DataLoader takes its workers' base
+        # seed from it, and taking it from the global one would move the rank's stream (dropout).
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        loader = DataLoader(_Seeded(self.dataset, self.seed), batch_size=self.batch_size, sampler=share,
+                            generator=generator, **self.loader_options)
+        in_process = not loader.num_workers  # the samples are read here, with the rank's generators
+        batches = iter(loader)
+        while True:
+            kept = _Generators() if in_process else None
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            finally:
+                if kept is not None:
+                    kept.restore()
             self.batch += 1
             yield batch
         self.epoch, self.batch = self.epoch + 1, 0
 
-    def seek(self, batches: int) -> None:
-        """Go to the position after ``batches`` batches from the start of epoch 0."""
-        self.epoch, self.batch = divmod(batches, len(self))
+    def seek(self, steps: int) -> None:
+        """Go to the position after ``steps`` steps from the start of epoch 0."""
+        self.epoch, self.batch = divmod(steps, len(self))
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch": self.batch}
+        return {"epoch": self.epoch, "batch": self.batch, "global_batch_size": self.global_batch_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        saved = int(state.get("global_batch_size", self.global_batch_size))
+        if saved != self.global_batch_size:
+            raise ValueError(f"the checkpoint's data position counts steps of {saved} samples, and this loader's "
+                             f"steps are {self.global_batch_size} (batch_size x replicas); keep the global batch "
+                             "size of the run")
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
