@@ -78,11 +78,11 @@ def gradient_sync(model: nn.Module, *, enabled: bool) -> Iterator[None]:
         with model.no_sync():
             yield
     elif hasattr(model, "set_requires_gradient_sync"):  # an FSDP2 module (fully_shard)
-        model.set_requires_gradient_sync(False)
+        model.set_requires_gradient_sync(False)  # type: ignore[operator]
         try:
             yield
         finally:
-            model.set_requires_gradient_sync(True)
+            model.set_requires_gradient_sync(True)  # type: ignore[operator]
     else:
         yield
 
