@@ -38,11 +38,12 @@ def status(args: argparse.Namespace) -> int:
                           "members": [s.as_dict() for s in statuses]}, indent=1))
         return exit_code(statuses)
     labels = varying_overrides(manifest.members)
-    rows = [("member", "state", "restarts", "step", "loss", "elapsed", "overrides")]
+    rows = [("member", "state", "restarts", "step", "loss", "ranks", "elapsed", "overrides")]
     for s in statuses:
         total = f"/{s.member.steps}" if s.member.steps else ""
         loss = f"{s.loss:.4f}" if s.loss is not None and math.isfinite(s.loss) else str(s.loss or "-")
-        rows.append((str(s.member.index), s.state, str(s.restarts), f"{s.step}{total}", loss, s.elapsed or "-",
+        rows.append((str(s.member.index), s.state, str(s.restarts), f"{s.step}{total}", loss,
+                     "->".join(map(str, s.ranks)) or "-", s.elapsed or "-",
                      labels[s.member.index]))
     _print_table(rows)
     for s in statuses:

@@ -149,6 +149,8 @@ class Job:
             self.step = self._saved_step = int(template[PROGRESS]["step"])
             if same_layout:
                 restore_rng_state(template[rng_key(self.rank)])
+            else:  # allowed (allow_changes): the state was resharded onto this many ranks
+                self.record("resized", step=self.step, world_size=self.world_size, was=marker.get("world_size"))
         self.resumed_from = self.step
         self.supervisor.resumed(self.step)
         return self.step

@@ -31,11 +31,12 @@ class MemberStatus:
     loss: float | None  # loss at that step
     elapsed: str  # run time as Slurm tells it ("" when unknown)
     error: str  # the end of the member's error when it failed
+    ranks: list[int] = dataclasses.field(default_factory=list)  # world size of each start that changed it, in order
 
     def as_dict(self) -> dict[str, Any]:
         return {"member": self.member.index, "overrides": self.member.overrides, "state": self.state,
                 "restarts": self.restarts, "step": self.step, "steps": self.member.steps, "loss": self.loss,
-                "elapsed": self.elapsed, "error": self.error, "job": self.member.slurm_id,
+                "elapsed": self.elapsed, "error": self.error, "job": self.member.slurm_id, "ranks": self.ranks,
                 "run_dir": self.member.run_dir}
 
 
@@ -65,7 +66,16 @@ def member_status(member: Member, slurm: dict[str, tuple[str, str]]) -> MemberSt
     error = ""
     if state in ENDED_BADLY and failures:
         error = (failures[-1].get("error") or failures[-1]["reason"]).strip().splitlines()[-1]
-    return MemberStatus(member, state, restarts, step, loss, elapsed, error)
+    return MemberStatus(member, state, restarts, step, loss, elapsed, error, world_sizes(events))
+
+
+def world_sizes(events: list[dict[str, Any]]) -> list[int]:
+    """The run's number of ranks as it changed from start to start (an elastic job: ``[8, 4]``)."""
+    sizes: list[int] = []
+    for event in events:
+        if event["event"] == "started" and event.get("world_size") and event["world_size"] not in sizes[-1:]:
+            sizes.append(int(event["world_size"]))
+    return sizes
 
 
 def read_curve(run_dir: Path) -> tuple[list[int], list[float]]:

@@ -4,6 +4,7 @@ parameter digest of an uninterrupted run. The model uses dropout and the data a 
 generator restored wrongly (or not at all) changes the digest."""
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,3 +76,48 @@ def test_micro_batches_accumulate_to_the_step_without_them(package, tmp_path, ce
     one, micro = final_model(tmp_path / "one"), final_model(tmp_path / "micro")
     for name in one:
         torch.testing.assert_close(micro[name], one[name], atol=1e-6, rtol=0, msg=name)
+
+
+def steps_read(log: Path, *, segments: list[tuple[int, int]], global_batch: int) -> list[list[int]]:
+    """The samples each step of a run read (sorted), from the files of ``tests/scripts/logged_data.py``:
+    ``segments`` are (world size, steps) of its starts, in order, each a different world size."""
+    steps: list[list[int]] = []
+    for world, count in segments:
+        share = global_batch // world
+        reads = {}
+        for file in log.glob(f"{world}-*.txt"):
+            rank = int(file.name.split("-")[1])
+            reads[rank] = [int(line) for line in file.read_text().split()][1:]  # the first: the trainer's look
+            assert len(reads[rank]) == count * share, (file, len(reads[rank]))
+        assert sorted(reads) == list(range(world))
+        for step in range(count):
+            steps.append(sorted(i for rank in reads for i in reads[rank][step * share:(step + 1) * share]))
+    return steps
+
+
+@pytest.mark.slow
+def test_a_run_resumed_on_four_ranks_then_on_one_reads_the_same_samples_and_ends_the_same(package, tmp_path):  # noqa: F811
+    """Elastic: 2 ranks to step 5, 4 ranks to step 8, 1 rank to step 12 (train.allow_changes=[layout.world_size]):
+    each step reads the samples the uninterrupted 2-rank run read, with more accumulation on fewer ranks, and the
+    parameters end within 1e-5 of it; the changes are in events.jsonl."""
+    (tmp_path / "log-whole").mkdir()
+    (tmp_path / "log-elastic").mkdir()
+    run = (*RUN, "model.dropout=0.0", "data._target_=tests.scripts.logged_data.make_dataset", "~data.jitter",
+           "train.micro_batch_size=12", "strategy=ddp")
+    train(package, *run, "cluster.tasks_per_node=2", f"data.log={tmp_path / 'log-whole'}",
+          f"hydra.run.dir={tmp_path / 'whole'}")
+    elastic = (*run, f"data.log={tmp_path / 'log-elastic'}", "train.allow_changes=[layout.world_size]",
+               f"hydra.run.dir={tmp_path / 'elastic'}")
+    for ranks, steps in ((2, 5), (4, 8), (1, STEPS)):
+        train(package, *elastic, f"cluster.tasks_per_node={ranks}", f"train.steps={steps}")
+    whole = steps_read(tmp_path / "log-whole", segments=[(2, STEPS)], global_batch=48)
+    assert steps_read(tmp_path / "log-elastic", segments=[(2, 5), (4, 3), (1, 4)], global_batch=48) == whole
+    assert len({i for step in whole[:5] for i in step}) == 5 * 48  # an epoch reads no sample twice
+    one, elastic_model = final_model(tmp_path / "whole"), final_model(tmp_path / "elastic")
+    for name in one:
+        torch.testing.assert_close(elastic_model[name], one[name], atol=1e-5, rtol=0, msg=name)
+    events = read_events(tmp_path / "elastic")
+    resized = [(e["step"], e["was"], e["world_size"]) for e in events if e["event"] == "resized"]
+    assert resized == [(5, 2, 4), (8, 4, 1)]
+    layouts = [e["accumulation"] for e in events if e["event"] == "layout"]
+    assert layouts == [2, 1, 4]
