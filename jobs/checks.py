@@ -14,12 +14,15 @@ from cluster.slurm.sbatch import check_setup
 from jobs.data import TRAIN_SAMPLES, check_data, dataset_size
 from jobs.plan import JobPlan
 from jobs.targets import FROM_THE_DATA
+from jobs.user_errors import describe
 
 
 def check_before_start(plan: JobPlan, run_dir: Path, *, world_size: int | None = None) -> None:
     """Check the plan against its world, data and run directory (world size: the plan's, by default)."""
     world_size = world_size or plan.world_size or 1
     dims = plan.check_world(world_size)
+    if plan.slurm is not None and plan.slurm.elastic:
+        check_every_size(plan, plan.slurm.world_sizes)
     plan.model.check(supplied=FROM_THE_DATA)  # importing the user's code, without building it
     if "torch" in sys.modules:  # the model's module imported it (a built-in's does not: it is ours, and known)
         from torch import nn
@@ -35,6 +38,17 @@ def check_before_start(plan: JobPlan, run_dir: Path, *, world_size: int | None =
     check_writable(run_dir)
     if RunDir(run_dir).checkpoints.is_dir():
         check_checkpoint(plan, RunDir(run_dir).checkpoints, world_size)
+
+
+def check_every_size(plan: JobPlan, world_sizes: list[int]) -> None:
+    """An elastic job may start on any of ``world_sizes`` ranks: the plan must fit each (cluster.min_nodes)."""
+    tasks = plan.slurm.tasks_per_node if plan.slurm is not None else 1
+    for world_size in world_sizes:
+        try:
+            plan.check_world(world_size)
+        except ValueError as error:
+            raise ValueError(f"on {world_size // tasks} node(s) ({world_size} ranks), which cluster.min_nodes allows: "
+                             f"{describe(error)}; raise cluster.min_nodes or change the plan") from None
 
 
 def check_split_points(plan: JobPlan) -> None:
@@ -81,5 +95,5 @@ def check_checkpoint(plan: JobPlan, root: Path, world_size: int) -> None:
     folder = latest_checkpoint(root)
     if folder is not None:  # what cluster.Job.resume checks on the ranks, told before they start
         check_compatible(read_marker(folder).get("config"), fingerprint(plan.fingerprint_config(), world_size),
-                         folder=folder, allowed=plan.train.allow_changes)
+                         folder=folder, allowed=plan.allowed_changes)
         SafeReader(str(folder)).read_metadata()  # a damaged index fails here, not in every rank

@@ -109,6 +109,12 @@ class JobPlan:
         )
 
     @property
+    def allowed_changes(self) -> tuple[str, ...]:
+        """What a resume may change (``train.allow_changes``); an elastic job's number of ranks besides."""
+        elastic = ("layout.world_size",) if self.slurm is not None and self.slurm.elastic else ()
+        return tuple(dict.fromkeys((*self.train.allow_changes, *elastic)))
+
+    @property
     def stop_signal(self) -> str:
         """The warning signal the ranks listen for (besides SIGTERM)."""
         return self.slurm.signal if self.slurm is not None else "USR2"  # submitit's local controller sends USR2

@@ -153,7 +153,7 @@ class TrainConfig:
     keep_checkpoints: int = 3  # newest complete checkpoints kept on disk
     async_checkpoint: bool = True  # write checkpoints in the background while training goes on (one at a time)
     allow_changes: tuple[str, ...] = ()  # fingerprint keys a resume may change ([optim.lr, layout.world_size])
-    num_workers: int = 0  # DataLoader worker processes per rank (0: in the rank, where augmentation resumes exactly)
+    num_workers: int = 0  # DataLoader worker processes per rank (augmentation is seeded per sample: exact either way)
 
     def __post_init__(self) -> None:
         _tuples(self, "allow_changes")

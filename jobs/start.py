@@ -94,7 +94,9 @@ def run_slurm(plan: JobPlan, run_dir: Path) -> Summary:
     if plan.cluster.dry_run:
         print(render_sbatch(resources, folder=log_dir.resolve()))
         print(f"# rank layout: {resources.nodes} node(s) x {resources.tasks_per_node} task(s); "
-              "nodes are numbered in the order of the job's node list, node 0 is MASTER_ADDR")
+              "nodes are numbered in the order of the job's node list, node 0 is MASTER_ADDR"
+              + (f"; elastic: it may start on {resources.min_nodes} to {resources.nodes} nodes, each start "
+                 "resumes on the ranks it got" if resources.elastic else ""))
         print(rank_layout(resources, plan.check_world(resources.world_size)))
         return None
     partition = check_against_cluster(resources)
@@ -105,7 +107,8 @@ def run_slurm(plan: JobPlan, run_dir: Path) -> Summary:
         job = submit(RUN_TASK, plan, run_dir, resources=resources, folder=log_dir.resolve())
         rundir.claim(run_dir, job.job_id)
     print(f"submitted job {job.job_id} to partition {partition.name}: "
-          f"{resources.nodes} node(s) x {resources.tasks_per_node} task(s)\n"
+          f"{f'{resources.min_nodes}-' if resources.elastic else ''}{resources.nodes} node(s) x "
+          f"{resources.tasks_per_node} task(s)\n"
           f"run dir: {run_dir.resolve()}\n"
           f"logs:    {job.paths.stdout} (rank 0; rank r: {job.job_id}_r_log.out/.err)\n"
           f"follow:  squeue -j {job.job_id}; tail -f {job.paths.stdout}", flush=True)

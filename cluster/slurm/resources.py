@@ -16,7 +16,7 @@ MANAGED: dict[str, str | None] = {
     "time": "timeout_min", "signal": "signal", "partition": "partition", "account": "account", "qos": "qos",
     "constraint": "constraint", "exclude": "exclude", "gpus-per-node": "gpus_per_node", "gpus": "gpus_per_node",
     "gres": "gpus_per_node", "mem": "mem_gb", "job-name": "job_name",
-    "output": None, "error": None, "open-mode": None, "array": None,
+    "mincpus": "tasks_per_node", "output": None, "error": None, "open-mode": None, "array": None,
 }
 
 
@@ -24,7 +24,8 @@ MANAGED: dict[str, str | None] = {
 class SlurmResources:
     """What one job asks Slurm for."""
 
-    nodes: int = 1  # nodes of the job
+    nodes: int = 1  # nodes of the job (the most it asks for when min_nodes is set)
+    min_nodes: int = 0  # elastic: the job (and each requeue) may start on as few as these, whatever is free; 0: nodes
     tasks_per_node: int = 0  # ranks per node; 0: one per GPU (gpus_per_node), or 1 without GPUs
     gpus_per_node: int = 0  # GPUs per node (0: a CPU job, gloo)
     cpus_per_task: int = 1  # CPU cores per rank
@@ -49,6 +50,9 @@ class SlurmResources:
         if self.gpus_per_node < 0 or self.mem_gb < 0 or self.signal_lead_s < 0:
             raise SettingError("{k.gpus_per_node}, {k.mem_gb} and {k.signal_lead_s} must not be negative; "
                                "use 0 for none")
+        if not 0 <= self.min_nodes <= self.nodes:
+            raise SettingError(f"{{k.min_nodes}}={self.min_nodes} must be between 0 (not elastic) and "
+                               f"{{k.nodes}}={self.nodes}; the job starts on any node count in that range")
         require_one_of("signal", self.signal, SIGNALS)
         if self.timeout_min * 60 <= self.signal_lead_s:
             raise SettingError(
@@ -75,7 +79,18 @@ class SlurmResources:
 
     @property
     def world_size(self) -> int:
+        """Ranks of the job at its full size (``nodes``)."""
         return self.nodes * self.tasks_per_node
+
+    @property
+    def elastic(self) -> bool:
+        """Whether the job may start on fewer nodes than ``nodes`` (``min_nodes``)."""
+        return 0 < self.min_nodes < self.nodes
+
+    @property
+    def world_sizes(self) -> list[int]:
+        """Every number of ranks the job may start with, smallest first."""
+        return [count * self.tasks_per_node for count in range(self.min_nodes or self.nodes, self.nodes + 1)]
 
     def timing_warning(self) -> str:
         """A template (``cluster.errors``) saying that the warning may come before any training, or ""."""

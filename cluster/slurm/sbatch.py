@@ -31,17 +31,23 @@ def sbatch_parameters(resources: SlurmResources) -> dict[str, Any]:
     r = resources
     optional = {"partition": r.partition, "account": r.account, "qos": r.qos, "constraint": r.constraint,
                 "exclude": r.exclude, "gpus_per_node": r.gpus_per_node, "mem": f"{r.mem_gb:g}GB" if r.mem_gb else ""}
+    # An elastic job (--nodes=MIN-MAX) leaves --ntasks-per-node to srun: with it on the allocation, Slurm counts
+    # the job's tasks from MIN and gives it MIN nodes even when more are free. --mincpus keeps the CPUs its tasks need.
+    tasks = ({"mincpus": r.tasks_per_node * r.cpus_per_task} if r.elastic else {"ntasks_per_node": r.tasks_per_node})
     return {
         "job_name": r.job_name,
         "nodes": r.nodes,
-        "ntasks_per_node": r.tasks_per_node,
+        **({"srun_args": [f"--ntasks-per-node={r.tasks_per_node}"]} if r.elastic else {}),
         "cpus_per_task": r.cpus_per_task,
         "time": r.timeout_min,
         "signal_delay_s": r.signal_lead_s,
         "setup": list(r.setup),
         # submitit writes --signal=USR2@delay; an explicit value names the configured signal.
-        "additional_parameters": {"signal": f"{r.signal}@{r.signal_lead_s}", **dict(r.additional)},
+        # --nodes=MIN-MAX for an elastic job, in place of submitit's --nodes line (its task count stays the most).
+        "additional_parameters": {"signal": f"{r.signal}@{r.signal_lead_s}", **dict(r.additional),
+                                  **({"nodes": f"{r.min_nodes}-{r.nodes}", **tasks} if r.elastic else {})},
         **{key: value for key, value in optional.items() if value},
+        **({} if r.elastic else tasks),
     }
 
 

@@ -4,6 +4,7 @@ parameter digest of an uninterrupted run. The model uses dropout and the data a 
 generator restored wrongly (or not at all) changes the digest."""
 
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,11 +45,15 @@ CELLS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_a_run_stopped_at_a_random_step_ends_as_an_uninterrupted_one(package, tmp_path, cell):  # noqa: F811
+    """The uninterrupted run saves every step; the checkpoint of the stop step, alone in a new run directory, is
+    what a run stopped there leaves (the same save at a step boundary), and the run goes on from it."""
     stop = random.Random().randint(1, STEPS - 1)
     print(f"{cell}: stopped at step {stop}")
-    run = (*RUN, *CELLS[cell])
+    run = (*RUN, *CELLS[cell], "train.checkpoint_every_steps=1", f"train.keep_checkpoints={STEPS}")
     train(package, *run, f"hydra.run.dir={tmp_path / 'whole'}")
-    train(package, *run, f"train.steps={stop}", f"hydra.run.dir={tmp_path / 'split'}")
+    saved = tmp_path / "whole" / "checkpoints" / f"step-{stop:06d}"
+    assert saved.is_dir(), sorted(p.name for p in saved.parent.iterdir())
+    shutil.copytree(saved, tmp_path / "split" / "checkpoints" / saved.name)
     train(package, *run, f"hydra.run.dir={tmp_path / 'split'}")
     split, whole = read_summary(tmp_path / "split"), read_summary(tmp_path / "whole")
     assert split["resumed_from_step"] == stop

@@ -3,7 +3,6 @@
 """
 
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 from cluster.rundir import read_events
-from tests.helpers import REPO, final_model, read_summary
+from tests.helpers import REPO, final_model
 
 SHORT = ("train.steps=12", "train.global_batch_size=64", "train.log_every_steps=4", "train.checkpoint_every_steps=6")
 # Without dropout and augmentation, so that every strategy can match one process number for number.
@@ -62,28 +61,6 @@ def test_a_user_model_trains_with_every_strategy_as_one_process_does(package, tm
     if "strategy=fsdp" in strategy:  # the default rule: each member of the ModuleList is a unit
         layout = [e for e in read_events(tmp_path / "p") if e["event"] == "layout"]
         assert layout
-
-
-@pytest.mark.slow
-def test_a_user_model_with_dropout_and_augmentation_resumes_exactly_when_cut(package, tmp_path):
-    cut = ("strategy=pipeline", "strategy.split_points=[blocks.2]", "model.dropout=0.1", *SHORT)
-    train(package, *cut, f"hydra.run.dir={tmp_path / 'whole'}")
-    train(package, *cut, "train.steps=7", f"hydra.run.dir={tmp_path / 'split'}")
-    train(package, *cut, f"hydra.run.dir={tmp_path / 'split'}")
-    assert read_summary(tmp_path / "split")["resumed_from_step"] == 7
-    assert read_summary(tmp_path / "split")["param_digest"] == read_summary(tmp_path / "whole")["param_digest"]
-
-
-@pytest.mark.slow
-def test_ddp_over_four_ranks_resumes_exactly_at_a_random_step(package, tmp_path):
-    """Over more than two ranks an all-reduce's sums depend on DDP's bucket layout (``cluster.settle_buckets``)."""
-    stop = random.Random().randint(1, 11)
-    run = ("strategy=ddp", "cluster.tasks_per_node=4", "model.dropout=0.1", *SHORT)
-    train(package, *run, f"hydra.run.dir={tmp_path / 'whole'}")
-    train(package, *run, f"train.steps={stop}", f"hydra.run.dir={tmp_path / 'split'}")
-    train(package, *run, f"hydra.run.dir={tmp_path / 'split'}")
-    assert read_summary(tmp_path / "split")["resumed_from_step"] == stop
-    assert read_summary(tmp_path / "split")["param_digest"] == read_summary(tmp_path / "whole")["param_digest"]
 
 
 def test_fsdp_units_default_to_the_members_of_a_module_list():
