@@ -149,7 +149,8 @@ class TrainConfig:
     micro_batch_size: int = 0  # per-rank samples per forward/backward, accumulated into a step (0: all, at full size)
     seed: int = 0  # seed of model init and of the per-epoch shuffling
     log_every_steps: int = 20  # optimizer steps between two metrics records
-    checkpoint_every_steps: int = 100  # optimizer steps between two checkpoints (one is also written at the end)
+    checkpoint_every_min: float = 30.0  # minutes between two checkpoints (0: not by time); also at the end, on warning
+    checkpoint_every_steps: int = 0  # optimizer steps between two checkpoints (0: not by steps)
     keep_checkpoints: int = 3  # newest complete checkpoints kept on disk
     async_checkpoint: bool = True  # write checkpoints in the background while training goes on (one at a time)
     allow_changes: tuple[str, ...] = ()  # fingerprint keys a resume may change ([optim.lr, layout.world_size])
@@ -161,8 +162,10 @@ class TrainConfig:
             if self.num_workers < 0 or self.micro_batch_size < 0:
                 raise SettingError("{k.num_workers} and {k.micro_batch_size} must not be negative")
             require_positive(steps=self.steps, global_batch_size=self.global_batch_size,
-                             log_every_steps=self.log_every_steps, checkpoint_every_steps=self.checkpoint_every_steps,
-                             keep_checkpoints=self.keep_checkpoints)
+                             log_every_steps=self.log_every_steps, keep_checkpoints=self.keep_checkpoints)
+            if self.checkpoint_every_steps < 0 or self.checkpoint_every_min < 0:
+                raise SettingError("{k.checkpoint_every_steps} and {k.checkpoint_every_min} must not be negative; "
+                                   "0 turns that cadence off")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,7 @@ every rank's random number generators ride along.
 import contextlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -79,11 +80,12 @@ class Job:
     """
 
     def __init__(self, env: TaskEnvironment, device: torch.device, run_dir: Path, supervisor: Supervisor,
-                 writer: CheckpointWriter, *, checkpoint_every_steps: int, config: Mapping[str, Any],
-                 allow_changes: Sequence[str]):
+                 writer: CheckpointWriter, *, checkpoint_every_steps: int, checkpoint_every_min: float,
+                 config: Mapping[str, Any], allow_changes: Sequence[str]):
         self.env, self.device, self.run_dir = env, device, run_dir
         self.supervisor, self.writer = supervisor, writer
-        self.checkpoint_every_steps = checkpoint_every_steps
+        self.checkpoint_every_steps, self.checkpoint_every_min = checkpoint_every_steps, checkpoint_every_min
+        self._saved_at = time.monotonic()  # the last save, or the start: the clock checkpoint_every_min runs on
         self.config, self.allow_changes = dict(config), tuple(allow_changes)
         self.step = 0
         self.resumed_from = 0  # the step the newest checkpoint held when this run started
@@ -159,16 +161,19 @@ class Job:
         """Count one completed optimizer step; whether all ranks agreed to stop at this boundary (a warning
         reached one of them). When True, ``save`` and then ``hand_over``."""
         self.step += 1
-        return self.supervisor.should_stop(self.step)
+        wanted = 0 < self.checkpoint_every_min * 60 <= time.monotonic() - self._saved_at
+        return self.supervisor.should_stop(self.step, save_wanted=wanted)
 
     def checkpoint_due(self) -> bool:
-        """Whether ``checkpoint_every_steps`` says to save at this step."""
-        return self.step % self.checkpoint_every_steps == 0
+        """Whether to save at this step: ``checkpoint_every_steps`` says so, or ``checkpoint_every_min`` have
+        passed since the last save (on some rank's clock; all ranks agree on the step, at ``end_step``)."""
+        every = self.checkpoint_every_steps
+        return bool(every and self.step % every == 0) or self.supervisor.save_agreed
 
     def save(self, state: Mapping[str, Any]) -> None:
         """Save ``state`` as this step's checkpoint, in the background (the copy is taken now)."""
         self.writer.save(self._state_dicts(state, with_rng=True), self.step, self.meta())
-        self._saved_step = self.step
+        self._saved_step, self._saved_at = self.step, time.monotonic()
 
     def hand_over(self) -> NoReturn:
         """After a stop was agreed and saved: wait for the save, requeue within the budgets, leave (``JobEnd``,
@@ -246,7 +251,8 @@ def settings_from_environment() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def start(run_dir: str | os.PathLike[str] | None = None, *, backend: str = "auto", timeout_s: float = 600.0,
-          checkpoint_every_steps: int = 100, keep_checkpoints: int = 3, async_checkpoint: bool = True,
+          checkpoint_every_steps: int = 0, checkpoint_every_min: float = 30.0, keep_checkpoints: int = 3,
+          async_checkpoint: bool = True,
           requeue: RequeueBudget | None = None, warning_signal: str | None = None,
           signal_lead_s: float | None = None, config: Mapping[str, Any] | None = None,
           allow_changes: Sequence[str] = (), env: TaskEnvironment | None = None,
@@ -257,9 +263,11 @@ def start(run_dir: str | os.PathLike[str] | None = None, *, backend: str = "auto
     or a single process). Under ``python -m cluster run`` the run directory, warning signal and requeue
     budgets come from its options; elsewhere ``run_dir`` is required and the rest has defaults here
     (the signal and its lead: ``SlurmResources``'s; the budgets: ``RequeueBudget``'s). ``config`` is the
-    fingerprint a checkpoint must match (JSON-able settings). An exception in the block is a failure: the job
-    is retried within the failure budget where something restarts it (Slurm, the local executor), once a
-    retry could help. ``spell`` names settings in messages (``cluster.errors``).
+    fingerprint a checkpoint must match (JSON-able settings). Checkpoints are saved every
+    ``checkpoint_every_min`` minutes and/or every ``checkpoint_every_steps`` steps (0: not by that), at the end,
+    and when a warning stops the job: a save costs the loop a copy of the state. An exception in the block is
+    a failure: the job is retried within the failure budget where something restarts it (Slurm, the local
+    executor), once a retry could help. ``spell`` names settings in messages (``cluster.errors``).
     """
     given = settings_from_environment()
     run_dir = run_dir if run_dir is not None else given.get("run_dir")
@@ -289,7 +297,7 @@ def start(run_dir: str | os.PathLike[str] | None = None, *, backend: str = "auto
         writer = CheckpointWriter(RunDir(folder).checkpoints, rank=env.rank, keep=keep_checkpoints,
                                   background=async_checkpoint, on_done=supervisor.saved)
         job = Job(env, joined.device, folder, supervisor, writer, checkpoint_every_steps=checkpoint_every_steps,
-                  config=config or {}, allow_changes=allow_changes)
+                  checkpoint_every_min=checkpoint_every_min, config=config or {}, allow_changes=allow_changes)
         try:
             yield job
             if not job.finished:

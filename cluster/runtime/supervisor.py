@@ -110,10 +110,16 @@ class Supervisor:
         claim(self.run_dir, own)
         return ""
 
-    def should_stop(self, step: int) -> bool:
-        """Whether all ranks agreed to stop at this step boundary (a warning reached some rank)."""
+    def should_stop(self, step: int, *, save_wanted: bool = False) -> bool:
+        """Whether all ranks agreed to stop at this step boundary (a warning reached some rank). ``save_wanted``:
+        this rank's clock says a checkpoint is due; ``save_agreed`` says when all ranks save for it."""
         self.step, self.stepped = step, True
-        return self.vote.poll(step)
+        return self.vote.poll(step, save_wanted=save_wanted)
+
+    @property
+    def save_agreed(self) -> bool:
+        """Whether all ranks agreed, at this step boundary, that a checkpoint is due by time."""
+        return self.vote.save_agreed
 
     def resumed(self, step: int) -> None:
         """Set-up is over; training goes on from ``step``."""

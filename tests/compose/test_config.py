@@ -2,6 +2,7 @@
 
 import dataclasses
 import inspect
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -21,6 +22,7 @@ from jobs.settings import (
     SweepSettings,
     TrainConfig,
 )
+from jobs.user_errors import describe
 from tests.helpers import REPO
 
 
@@ -107,6 +109,43 @@ def test_world_size_checks_name_both_factors():
         p.check_world(3)
     with pytest.raises(ValueError, match="strategy=single trains on one rank"):
         plan("strategy=single").check_world(2)
+
+
+def test_micro_batches_give_the_accumulation_and_must_divide_a_replicas_share():
+    dims = plan("train.micro_batch_size=16").check_world(2)  # 128 over 2 replicas: 64 each, 4 passes of 16
+    assert (dims.replica_batch_size, dims.forward_batch_size, dims.accumulation) == (64, 16, 4)
+    assert plan().check_world(2).accumulation == 1  # 0: the whole share at once
+    # 0 at the job's full size: an elastic job on fewer ranks accumulates to the same global batch
+    elastic = plan("cluster=slurm", "cluster.nodes=4", "cluster.min_nodes=1")
+    assert [elastic.check_world(n).accumulation for n in (4, 2, 1)] == [1, 2, 4]
+    pipelined = plan("model=transformer", "strategy=hybrid", "strategy.microbatches=4", "train.micro_batch_size=4",
+                     "cluster.tasks_per_node=4").check_world(4)  # 64 per replica: 4 schedule runs of 4 x 4
+    assert (pipelined.forward_batch_size, pipelined.accumulation) == (4, 4)
+    with pytest.raises(ValueError) as refused:
+        check_before_start(plan("train.micro_batch_size=24"), Path("/tmp/never-made"))
+    assert describe(refused.value).endswith("train.global_batch_size=128 over 2 data-parallel replica(s) is 64 "
+                                            "samples each, which train.micro_batch_size=24 does not divide; use a "
+                                            "train.micro_batch_size that divides 64")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("cluster.nodes=4", "cluster.min_nodes=3"), "on 3 node(s) (3 ranks), which cluster.min_nodes allows: the "
+     "parallel plan does not fit: train.global_batch_size=128 is not divisible by the 3 data-parallel replicas"),
+    (("cluster.nodes=2", "cluster.min_nodes=1", "model=transformer", "strategy=hybrid"),
+     "on 1 node(s) (1 ranks), which cluster.min_nodes allows: the parallel plan does not fit: dp x pp = 1 x 2"),
+    (("cluster.nodes=2", "cluster.min_nodes=3"), "cluster.min_nodes=3 must be between 0 (not elastic) and "
+     "cluster.nodes=2"),
+])
+def test_an_elastic_job_must_fit_every_node_count_it_may_get(tmp_path, overrides, message):
+    with pytest.raises(ValueError) as refused:
+        check_before_start(plan("cluster=slurm", *overrides), tmp_path)
+    assert message in str(refused.value)
+
+
+def test_an_elastic_job_accepts_another_world_size_without_allow_changes():
+    assert plan("cluster=slurm", "cluster.nodes=4", "cluster.min_nodes=2").allowed_changes == ("layout.world_size",)
+    assert plan("cluster=slurm", "cluster.nodes=4").allowed_changes == ()
+    assert plan("train.allow_changes=[optim.lr]").allowed_changes == ("optim.lr",)
 
 
 def test_fingerprint_ignores_length_and_cadence_but_not_the_maths():

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -42,16 +43,20 @@ def digest_of(output: str) -> str:
     return found.group(1)
 
 
-def interrupted(run_dir: Path, *command: str, at_least: int, sig: signal.Signals = signal.SIGUSR2,
-                wait_for: str = "step", timeout: float = 300) -> tuple[int, str, str]:
+def interrupted(run_dir: Path, *command: str, at_least: int = 0, sig: signal.Signals = signal.SIGUSR2,
+                ready: Callable[[], bool] | None = None, timeout: float = 300) -> tuple[int, str, str]:
     """Run ``command`` under ``--local 2``, send ``sig`` to the controller once the script's step file says
-    ``at_least`` (a random step; or once ``wait_for`` exists), then let it end; exit code, stdout, stderr."""
+    ``at_least`` (a random step; or once ``ready()``), then let it end; exit code, stdout, stderr."""
     running = subprocess.Popen([sys.executable, "-m", "cluster", "run", "--local", "2", "--run-dir", str(run_dir),
                                 "--", sys.executable, *command], cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
+
+    def at_step() -> bool:
+        step = run_dir / "step"
+        return step.exists() and int(step.read_text() or 0) >= at_least
+
     deadline = time.monotonic() + timeout
-    while not ((run_dir / wait_for).exists() and (wait_for != "step" or int((run_dir / "step").read_text() or 0)
-                                                   >= at_least)):
+    while not (ready or at_step)():
         assert running.poll() is None and time.monotonic() < deadline, running.communicate()
         time.sleep(0.02)
     running.send_signal(sig)
@@ -116,10 +121,12 @@ def test_the_seed_script_needs_ten_lines_to_survive_a_preemption(tmp_path):
     print(f"{len(added)} lines added or changed")
     whole = cluster_run(tmp_path / "whole", "examples/seed_preemptible.py", "--epochs", "40")
     assert whole.returncode == 0, whole.stderr[-3000:]
-    code, out, err = interrupted(tmp_path / "cut", "examples/seed_preemptible.py", "--epochs", "40", at_least=1,
-                                 wait_for="checkpoints/step-000100")
+    log = tmp_path / "cut" / "logs" / "rank-0.out"
+    code, out, err = interrupted(tmp_path / "cut", "examples/seed_preemptible.py", "--epochs", "40",
+                                 ready=lambda: log.exists() and "epoch 3," in log.read_text())
     assert code == 0, err[-3000:]
     assert digest_of(out) == digest_of(whole.stdout)
+    assert [e["event"] for e in read_events(tmp_path / "cut")].count("signalled") == 1  # stopped mid-run, resumed
 
 
 def test_a_plain_script_that_crashes_is_retried_within_the_failure_budget(tmp_path):

@@ -45,3 +45,25 @@ def test_a_warning_to_one_rank_stops_all_at_the_same_step_with_few_collectives(t
     # within two gaps of at most INTERVAL_S / STEP_S steps.
     assert SIGNAL_AT < ranks[0]["stopped"] <= SIGNAL_AT + 2 * INTERVAL_S / STEP_S + 1
     assert ranks[0]["collectives"] <= ranks[0]["stopped"] / 5, "a vote at (nearly) every step"
+
+
+def _save_vote(rank: int, out: str) -> None:
+    vote = StopVote(StopFlag(("USR2",)), torch.device("cpu"), interval_s=INTERVAL_S)
+    saves: list[int] = []
+    started = time.monotonic()
+    for step in range(1, 400):
+        time.sleep(STEP_S * (1 + rank))  # rank 1 runs slower: the clocks of the ranks disagree on any step
+        # Only rank 1's clock asks, from 0.1 s on (a slow rank's clock, say); as Job does, until it saved.
+        wanted = rank == 1 and time.monotonic() - started > 0.1 and not saves
+        vote.poll(step, save_wanted=wanted)
+        if vote.save_agreed:
+            saves.append(step)
+    vote.close()
+    Path(out, f"{rank}.json").write_text(json.dumps({"saves": saves}))
+
+
+def test_a_save_one_ranks_clock_asks_for_happens_at_the_same_step_on_every_rank(tmp_path):
+    """checkpoint_every_min: the ranks' clocks differ, so the save rides on the stop vote (cluster.Job)."""
+    spawn_gloo_ranks(_save_vote, str(tmp_path), world_size=2)
+    ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0]["saves"] == ranks[1]["saves"] and len(ranks[0]["saves"]) == 1, ranks  # once: the clock reset

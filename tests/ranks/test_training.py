@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from cluster.rundir import read_events
 from tests.helpers import REPO, final_model, read_summary, run_train
 
 pytestmark = pytest.mark.slow
@@ -107,3 +108,15 @@ def test_a_finished_run_started_again_changes_nothing(tmp_path):
     run_train(*SHORT, f"hydra.run.dir={tmp_path}")
     again = read_summary(tmp_path)
     assert again["resumed_from_step"] == 20 and again["param_digest"] == first["param_digest"]
+
+
+def test_checkpoints_come_by_time_and_the_default_writes_only_the_last(tmp_path):
+    """train.checkpoint_every_min: saves every ~0.3 s here, all ranks at one step (a save is collective: ranks that
+    disagreed would not finish it); the default (30 min, no step cadence) saves once, at the end."""
+    run_train("train.steps=600", "train.checkpoint_every_min=0.005", "train.keep_checkpoints=100",
+              f"hydra.run.dir={tmp_path / 'timed'}")
+    timed = [e["step"] for e in read_events(tmp_path / "timed") if e["event"] == "checkpointed"]
+    assert len(timed) >= 3 and timed[-1] == 600 and timed == sorted(set(timed)), timed
+    run_train("train.steps=600", f"hydra.run.dir={tmp_path / 'default'}")
+    assert [e["step"] for e in read_events(tmp_path / "default") if e["event"] == "checkpointed"] == [600]
+    assert read_summary(tmp_path / "default")["param_digest"] == read_summary(tmp_path / "timed")["param_digest"]

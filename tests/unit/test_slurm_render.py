@@ -26,6 +26,8 @@ CASES = {
                                        additional=(("mail-type", "END"), ("mail-user", "me@example.org")),
                                        signal="USR1", signal_lead_s=300), None),
     "hostile_name": (SlurmResources(job_name="x; rm -rf ~ $(reboot) `id`", partition="a'b"), None),
+    # --nodes=1-4, the tasks per node given to srun (on the allocation, Slurm would give the job 1 node only)
+    "elastic_1_to_4": (SlurmResources(nodes=4, min_nodes=1, tasks_per_node=2, cpus_per_task=3), None),
 }
 
 
