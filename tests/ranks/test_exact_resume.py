@@ -19,18 +19,16 @@ STEPS = 12
 RUN = (f"train.steps={STEPS}", "train.global_batch_size=48", "train.log_every_steps=4",
        "train.checkpoint_every_steps=4", "data.size=256", "model.dropout=0.1", "data.jitter=0.1")
 
-# One rank: strategy=single (ddp and fsdp on one rank pass too, left out for CI's time).
+# Each strategy and schedule at least once, each world size 1-4 at least once, within CI's time. Also passed here,
+# left out for that time: ddp and fsdp on 1 and 2 ranks, pipeline 1f1b on 2.
 CELLS = {
     "single-1": ("cluster=debug", "strategy=single"),
-    "ddp-2": ("strategy=ddp", "cluster.tasks_per_node=2"),
     "ddp-3": ("strategy=ddp", "cluster.tasks_per_node=3"),
     "ddp-4": ("strategy=ddp", "cluster.tasks_per_node=4"),
     "ddp-2-workers": ("strategy=ddp", "cluster.tasks_per_node=2", "train.num_workers=2"),
-    "fsdp-2": ("strategy=fsdp", "cluster.tasks_per_node=2"),
     "fsdp-3": ("strategy=fsdp", "cluster.tasks_per_node=3"),
     "fsdp-4": ("strategy=fsdp", "cluster.tasks_per_node=4"),
     "pipeline-gpipe-2": ("strategy=pipeline", "strategy.schedule=gpipe", "strategy.split_points=[blocks.2]"),
-    "pipeline-1f1b-2": ("strategy=pipeline", "strategy.split_points=[blocks.2]"),
     "pipeline-1f1b-4": ("strategy=pipeline", "strategy.pp=4", "strategy.microbatches=4", "cluster.tasks_per_node=4",
                         "strategy.split_points=[blocks.1,blocks.2,blocks.3]"),
     "pipeline-interleaved-2": ("strategy=pipeline", "strategy.schedule=interleaved", "strategy.stages_per_rank=2",
@@ -44,11 +42,11 @@ CELLS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_a_run_stopped_at_a_random_step_ends_as_an_uninterrupted_one(package, tmp_path, cell):  # noqa: F811
-    """The uninterrupted run saves every step; the checkpoint of the stop step, alone in a new run directory, is
-    what a run stopped there leaves (the same save at a step boundary), and the run goes on from it."""
+    """The uninterrupted run saves every ``stop`` steps; the checkpoint of the stop step, alone in a new run
+    directory, is what a run stopped there leaves (the same save at a step boundary); the run goes on from it."""
     stop = random.Random().randint(1, STEPS - 1)
     print(f"{cell}: stopped at step {stop}")
-    run = (*RUN, *CELLS[cell], "train.checkpoint_every_steps=1", f"train.keep_checkpoints={STEPS}")
+    run = (*RUN, *CELLS[cell], f"train.checkpoint_every_steps={stop}", f"train.keep_checkpoints={STEPS}")
     train(package, *run, f"hydra.run.dir={tmp_path / 'whole'}")
     saved = tmp_path / "whole" / "checkpoints" / f"step-{stop:06d}"
     assert saved.is_dir(), sorted(p.name for p in saved.parent.iterdir())

@@ -41,11 +41,11 @@ def test_an_unmodified_torchrun_script_all_reduces_across_two_nodes(tmp_path):
 
 
 def test_an_api_script_preempted_on_slurm_ends_as_an_uninterrupted_run(tmp_path):
-    reference = cluster_run(tmp_path / "reference", *API_SCRIPT, "--steps", "8000")
+    reference = cluster_run(tmp_path / "reference", *API_SCRIPT, "--steps", "5000")
     assert reference.returncode == 0, reference.stderr[-3000:]
     run_dir = tmp_path / "slurm"
-    job = submitted(cluster_run(run_dir, *API_SCRIPT, "--steps", "8000", options=TWO_NODES))
-    at = random.Random().randint(300, 2000)
+    job = submitted(cluster_run(run_dir, *API_SCRIPT, "--steps", "5000", options=TWO_NODES))
+    at = random.Random().randint(300, 1500)
     print(f"preempting at step {at}")
     wait_until(lambda: (run_dir / "step").is_file() and int((run_dir / "step").read_text() or 0) >= at,
                timeout=180, what=f"step {at}")
