@@ -153,7 +153,10 @@ class ResumableLoader:
         self.epoch, self.batch = divmod(steps, len(self))
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch": self.batch, "global_batch_size": self.global_batch_size}
+        # After an epoch's last batch the position is the next epoch's start (a loop over epochs resumed there
+        # must not meet an empty one).
+        epoch, batch = divmod(self.epoch * len(self) + self.batch, len(self))
+        return {"epoch": epoch, "batch": batch, "global_batch_size": self.global_batch_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         saved = int(state.get("global_batch_size", self.global_batch_size))

@@ -1,0 +1,66 @@
+"""cluster.ResumableLoader without a process group (replicas given): which samples a step reads, their random
+draws, and the position a checkpoint holds."""
+
+import random
+
+import torch
+from torch.utils.data import Dataset
+
+from cluster.runtime.loader import ResumableLoader
+
+
+class Drawing(Dataset):
+    """Item i: (i + a draw from each global generator, i); the draw is the augmentation."""
+
+    def __len__(self) -> int:
+        return 50
+
+    def __getitem__(self, index: int):
+        return torch.tensor([index + torch.rand(()).item(), index + random.random()]), index
+
+
+def steps(replicas: int, count: int, **options) -> list[dict[int, torch.Tensor]]:
+    """The samples of each step over all replicas, by index, with what each read."""
+    def epochs(loader: ResumableLoader):
+        while True:
+            yield from loader  # one epoch, then the next
+
+    loaders = [epochs(ResumableLoader(Drawing(), 12 // replicas, seed=3, replicas=replicas, replica=r, **options))
+               for r in range(replicas)]
+    out = []
+    for _ in range(count):
+        step = {}
+        for loader in loaders:
+            values, indices = next(loader)
+            step.update({int(i): v for i, v in zip(indices, values, strict=True)})
+        out.append(step)
+    return out
+
+
+def test_a_step_reads_the_same_samples_with_the_same_draws_on_any_number_of_replicas_or_workers():
+    one = steps(1, 6)  # 50 samples, 12 a step: 4 steps an epoch, the last 2 samples left out
+    assert all(len(step) == 12 for step in one) and len(set().union(*one[:4])) == 48
+    for other in (steps(2, 6), steps(3, 6), steps(2, 6, num_workers=2)):
+        assert [sorted(s) for s in other] == [sorted(s) for s in one]
+        assert all(torch.equal(other[n][i], one[n][i]) for n in range(6) for i in one[n])
+
+
+def test_reading_leaves_the_ranks_own_generators_where_they_were():
+    torch.manual_seed(5)
+    random.seed(5)
+    expected = (torch.rand(()), random.random())
+    torch.manual_seed(5)
+    random.seed(5)
+    next(iter(ResumableLoader(Drawing(), 4, replicas=1, replica=0)))
+    assert (torch.rand(()), random.random()) == expected  # dropout draws on as if nothing was read
+
+
+def test_the_position_after_an_epochs_last_batch_is_the_next_epochs_start():
+    loader = ResumableLoader(Drawing(), 10, replicas=1, replica=0)
+    batches = iter(loader)
+    for _ in range(len(loader)):
+        next(batches)
+    assert loader.state_dict() == {"epoch": 1, "batch": 0, "global_batch_size": 10}
+    resumed = ResumableLoader(Drawing(), 5, replicas=2, replica=1)  # another number of replicas, the same steps
+    resumed.load_state_dict(loader.state_dict())
+    assert (resumed.epoch, resumed.batch) == (1, 0)
