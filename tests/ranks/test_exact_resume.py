@@ -89,8 +89,10 @@ def steps_read(log: Path, *, segments: list[tuple[int, int]], global_batch: int)
         reads = {}
         for file in log.glob(f"{world}-*.txt"):
             rank = int(file.name.split("-")[1])
-            reads[rank] = [int(line) for line in file.read_text().split()][1:]  # the first: the trainer's look
-            assert len(reads[rank]) == count * share, (file, len(reads[rank]))
+            lines = [int(line) for line in file.read_text().split()]
+            # before training: the trainer's look at item 0, the loader's at items 0-2 (does it draw at random?)
+            assert len(lines) == count * share + 4, (file, len(lines))
+            reads[rank] = lines[4:]
         assert sorted(reads) == list(range(world))
         for step in range(count):
             steps.append(sorted(i for rank in reads for i in reads[rank][step * share:(step + 1) * share]))
