@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 
-from tests.helpers import cli, final_model
+from tests.helpers import cli, final_model, squeue_ids
 from tests.ranks.test_exact_resume import steps_read
 from tests.ranks.test_user_code import package, train  # noqa: F401  (package: a fixture)
 from tests.slurm.test_requeue_slurm import events_named, last_step, wait_finished, wait_until
@@ -27,6 +27,8 @@ def test_an_elastic_job_preempted_by_a_three_node_job_comes_back_on_one_node(pac
     train(package, *RUN, "cluster.tasks_per_node=2", f"data.log={tmp_path / 'log-whole'}",
           f"hydra.run.dir={tmp_path / 'whole'}")
     run_dir = tmp_path / "slurm"
+    # Slurm starts an elastic job on what is free: with earlier tests' jobs still ending, it would get 1 node now
+    wait_until(lambda: not squeue_ids(), timeout=180, what="an empty queue")
     submitted = train(package, *RUN, "cluster=slurm", "cluster.nodes=2", "cluster.min_nodes=1",
                       "cluster.tasks_per_node=1", "cluster.timeout_min=10", f"data.log={tmp_path / 'log-slurm'}",
                       f"hydra.run.dir={run_dir}")
