@@ -4,7 +4,8 @@ Ranks are laid out pp-fastest: the pp ranks of one replica are consecutive, so w
 the tasks per node a pipeline stays inside a node and its replicas span nodes, as the seed articles
 recommend (model parallel inside a machine, data parallel across machines). Like torchtitan's
 ``parallel_dims.py``, one error names every factor that does not fit (as ``{k.NAME}`` settings,
-``cluster.errors``: ``pp``, ``microbatches``, ``stages_per_rank``, ``global_batch_size``, ``model``, ``depth``).
+``cluster.errors``: ``pp``, ``microbatches``, ``stages_per_rank``, ``global_batch_size``, ``micro_batch_size``,
+``model``, ``depth``).
 """
 
 import dataclasses

@@ -47,8 +47,10 @@ def check_every_size(plan: JobPlan, world_sizes: list[int]) -> None:
         try:
             plan.check_world(world_size)
         except ValueError as error:
+            default = ("" if plan.train.micro_batch_size else " (train.micro_batch_size=0 is the per-rank batch on "
+                       "cluster.nodes: set one that divides the share on every count)")
             raise ValueError(f"on {world_size // tasks} node(s) ({world_size} ranks), which cluster.min_nodes allows: "
-                             f"{describe(error)}; raise cluster.min_nodes or change the plan") from None
+                             f"{describe(error)}{default}; raise cluster.min_nodes or change the plan") from None
 
 
 def check_split_points(plan: JobPlan) -> None:
