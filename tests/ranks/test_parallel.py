@@ -1,5 +1,7 @@
 """Pipeline, hybrid (dp x pp) and FSDP: the plan's checks, the cut, and equality with one process (gloo, CPU)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -47,6 +49,14 @@ def test_stages_keep_the_whole_models_layer_names():
     assert sorted(names) == sorted(model.state_dict()) and list(stages[1].named_children())[0][0] == "2"
 
 
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    """The run every strategy must match: one process on the whole global batch (once for the module)."""
+    run_dir = tmp_path_factory.mktemp("one")
+    run_train(*TRANSFORMER, *SHORT, "cluster=debug", "strategy=single", f"hydra.run.dir={run_dir}")
+    return run_dir
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy, ranks", [
     (("strategy=pipeline", "strategy.schedule=1f1b"), 2),
@@ -56,14 +66,13 @@ def test_stages_keep_the_whole_models_layer_names():
     (("strategy=hybrid", "strategy.replicate=fsdp"), 4),
     (("strategy=fsdp",), 2),
 ], ids=["pipeline-1f1b", "pipeline-gpipe", "pipeline-interleaved", "hybrid-ddp", "hybrid-fsdp", "fsdp"])
-def test_parallel_strategies_match_one_process_on_the_global_batch(tmp_path, strategy, ranks):
+def test_parallel_strategies_match_one_process_on_the_global_batch(tmp_path, one_process, strategy, ranks):
     run_train(*TRANSFORMER, *SHORT, *strategy, f"cluster.tasks_per_node={ranks}", f"hydra.run.dir={tmp_path / 'p'}")
-    run_train(*TRANSFORMER, *SHORT, "cluster=debug", "strategy=single", f"hydra.run.dir={tmp_path / 'one'}")
-    parallel, single = final_model(tmp_path / "p"), final_model(tmp_path / "one")
+    parallel, single = final_model(tmp_path / "p"), final_model(one_process)
     assert parallel.keys() == single.keys()
     for name in single:
         torch.testing.assert_close(parallel[name], single[name], atol=2e-6, rtol=0, msg=name)
-    assert read_summary(tmp_path / "p")["final_loss"] == pytest.approx(read_summary(tmp_path / "one")["final_loss"],
+    assert read_summary(tmp_path / "p")["final_loss"] == pytest.approx(read_summary(one_process)["final_loss"],
                                                                        abs=1e-5)
 
 

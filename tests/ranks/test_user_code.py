@@ -28,6 +28,14 @@ def package(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def one_process(package, tmp_path_factory) -> Path:
+    """The run every strategy must match: one process on the whole global batch (once for the module)."""
+    run_dir = tmp_path_factory.mktemp("one")
+    train(package, *SHORT, *PLAIN, "cluster=debug", "strategy=single", f"hydra.run.dir={run_dir}")
+    return run_dir
+
+
 def train(package: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(package)}
     done = subprocess.run([sys.executable, "-m", "jobs.train", "--config-dir", str(package / "myconf"),
@@ -51,10 +59,9 @@ def test_the_package_is_not_importable_from_the_repository():
     (("strategy=pipeline", "strategy.split_points=[blocks.2]"), 2),
     (("strategy=hybrid", "strategy.split_points=[blocks.2]"), 4),
 ], ids=["ddp", "fsdp", "pipeline", "hybrid"])
-def test_a_user_model_trains_with_every_strategy_as_one_process_does(package, tmp_path, strategy, ranks):
+def test_a_user_model_trains_with_every_strategy_as_one_process_does(package, one_process, tmp_path, strategy, ranks):
     train(package, *SHORT, *PLAIN, *strategy, f"cluster.tasks_per_node={ranks}", f"hydra.run.dir={tmp_path / 'p'}")
-    train(package, *SHORT, *PLAIN, "cluster=debug", "strategy=single", f"hydra.run.dir={tmp_path / 'one'}")
-    parallel, single = final_model(tmp_path / "p"), final_model(tmp_path / "one")
+    parallel, single = final_model(tmp_path / "p"), final_model(one_process)
     assert parallel.keys() == single.keys() and "blocks.3.linear.weight" in single
     for name in single:
         torch.testing.assert_close(parallel[name], single[name], atol=2e-6, rtol=0, msg=name)
