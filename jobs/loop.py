@@ -67,7 +67,7 @@ class Trainee:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    loss_fn: Callable[..., torch.Tensor]  # (output, target) -> the batch's mean loss
+    loss_fn: Callable[..., torch.Tensor]  # (output, target) -> a micro-batch's share of the step's mean loss
     accumulation: int = 1  # forward/backward passes per optimizer step (ParallelDims.accumulation)
     pipeline: Any = None  # this rank's jobs.pipeline.Pipeline, when the model is cut into stages
     loss: float = float("nan")  # global mean loss of the last logged step
@@ -93,10 +93,9 @@ def train(plan: JobPlan, job: Job) -> dict[str, Any] | None:
     cfg = plan.train
     seed_everything(cfg.seed)  # the same initial model on every rank
     data = describe(plan.data)
-    loss_fn = plan.loss.as_loss()
+    loss_fn = _share_of(plan.loss.as_loss(), dims.accumulation)  # each forward/backward's share of the step's loss
     model, pipeline = parallelize(build_model(plan.model, data), plan, dims, rank=env.rank, device=device,
-                                  sample_shape=data.sample_shape, loss_fn=_share_of(loss_fn, dims.accumulation),
-                                  example=data.example)
+                                  sample_shape=data.sample_shape, loss_fn=loss_fn, example=data.example)
     optimizer = build_optimizer(plan.optim, model.parameters())
     trainee = Trainee(model, optimizer, build_scheduler(plan.optim, optimizer, total_steps=cfg.steps),
                       loss_fn=loss_fn, accumulation=dims.accumulation, pipeline=pipeline)
@@ -173,11 +172,11 @@ def _step(trainee: Trainee, inputs: torch.Tensor, targets: torch.Tensor) -> torc
     parts = trainee.accumulation
     total = torch.zeros((), device=inputs.device)
     for index, (chunk, target) in enumerate(zip(inputs.chunk(parts), targets.chunk(parts), strict=True)):
-        if trainee.pipeline is not None:  # the schedule's loss_fn is the share already (train)
+        if trainee.pipeline is not None:  # its schedule computes the loss (the same share)
             total += pipeline_step(trainee.pipeline, chunk, target, accumulate=index > 0)
             continue
         with gradient_sync(trainee.model, enabled=index == parts - 1):
-            loss = _share_of(trainee.loss_fn, parts)(trainee.model(chunk), target)
+            loss = trainee.loss_fn(trainee.model(chunk), target)
             loss.backward()
         total += loss.detach()
     trainee.optimizer.step()

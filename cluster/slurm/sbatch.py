@@ -31,24 +31,27 @@ def sbatch_parameters(resources: SlurmResources) -> dict[str, Any]:
     r = resources
     optional = {"partition": r.partition, "account": r.account, "qos": r.qos, "constraint": r.constraint,
                 "exclude": r.exclude, "gpus_per_node": r.gpus_per_node, "mem": f"{r.mem_gb:g}GB" if r.mem_gb else ""}
-    # An elastic job (--nodes=MIN-MAX) leaves --ntasks-per-node to srun: with it on the allocation, Slurm counts
-    # the job's tasks from MIN and gives it MIN nodes even when more are free. --mincpus keeps the CPUs its tasks need.
-    tasks = ({"mincpus": r.tasks_per_node * r.cpus_per_task} if r.elastic else {"ntasks_per_node": r.tasks_per_node})
-    return {
+    parameters: dict[str, Any] = {
         "job_name": r.job_name,
         "nodes": r.nodes,
-        **({"srun_args": [f"--ntasks-per-node={r.tasks_per_node}"]} if r.elastic else {}),
+        "ntasks_per_node": r.tasks_per_node,
         "cpus_per_task": r.cpus_per_task,
         "time": r.timeout_min,
         "signal_delay_s": r.signal_lead_s,
         "setup": list(r.setup),
         # submitit writes --signal=USR2@delay; an explicit value names the configured signal.
-        # --nodes=MIN-MAX for an elastic job, in place of submitit's --nodes line (its task count stays the most).
-        "additional_parameters": {"signal": f"{r.signal}@{r.signal_lead_s}", **dict(r.additional),
-                                  **({"nodes": f"{r.min_nodes}-{r.nodes}", **tasks} if r.elastic else {})},
+        "additional_parameters": {"signal": f"{r.signal}@{r.signal_lead_s}", **dict(r.additional)},
         **{key: value for key, value in optional.items() if value},
-        **({} if r.elastic else tasks),
     }
+    if r.elastic:
+        # --nodes=MIN-MAX in place of submitit's --nodes line (whose count submitit keeps as the most). The tasks
+        # per node go to srun: on the allocation, Slurm counts the job's tasks from MIN and gives it MIN nodes even
+        # when more are free. --mincpus keeps the CPUs those tasks need on each node.
+        del parameters["ntasks_per_node"]
+        parameters["srun_args"] = [f"--ntasks-per-node={r.tasks_per_node}"]
+        parameters["additional_parameters"].update(nodes=f"{r.min_nodes}-{r.nodes}",
+                                                   mincpus=r.tasks_per_node * r.cpus_per_task)
+    return parameters
 
 
 def task_command(folder: Path, python: str = sys.executable) -> str:
