@@ -19,6 +19,8 @@ from cluster.slurm import commands
 # submitit's local controller starts a job's tasks again when one exits with this code
 # (submitit/local/local.py, LOCAL_REQUEUE_RETURN_CODE); Slurm jobs use it too, for one meaning.
 EXIT_REQUEUE = 144
+# A run stopped by Ctrl-C ends as a shell says a command killed by SIGINT did (128 + 2), saved and not requeued.
+EXIT_INTERRUPTED = 130
 # Slurm checks signal times on a coarse timer: a warning asked for N s before the end came here
 # between N + 4 s and N - 18 s before it. A warning this close to the end is the time limit's.
 SIGNAL_SLACK_S = 90

@@ -11,12 +11,14 @@ from typing import Any
 from cluster import rundir
 from cluster.by_name import ByName
 from cluster.environment import SINGLE_PROCESS, detect_environment
-from cluster.local.ranks import launch_local, wait_for
+from cluster.local.interrupt import Interrupted, interrupted_message
+from cluster.local.ranks import launch_local
 from cluster.parallel_dims import ParallelDims
+from cluster.requeue import EXIT_INTERRUPTED
 from cluster.rundir import RunDir
 from cluster.slurm.limits import check_against_cluster
 from cluster.slurm.resources import SlurmResources
-from cluster.slurm.sbatch import render_sbatch, submit
+from cluster.slurm.sbatch import follow, render_sbatch, submit
 from jobs.checks import check_before_start
 from jobs.metrics import MetricsFollower, ProgressLine
 from jobs.plan import JobPlan
@@ -39,13 +41,19 @@ def run_local(plan: JobPlan, run_dir: Path) -> Summary:
                                distributed=dataclasses.replace(plan.distributed, backend=devices.backend))
     check_before_start(plan, run_dir)
     progress = ProgressLine(plan.train.steps, stream=sys.stderr)
-    with rundir.hold(run_dir), contextlib.closing(progress):
-        rundir.check_unclaimed([run_dir])  # a Slurm job may train here too
-        return launch_local(
-            RUN_TASK, plan, run_dir,
-            tasks=devices.ranks, timeout_min=plan.cluster.timeout_min, signal_lead_s=plan.cluster.signal_lead_s,
-            devices=devices.per_rank, log_dir=RunDir(run_dir).logs, on_poll=MetricsFollower(run_dir, progress).poll,
-        )
+    before = len(rundir.read_events(run_dir))
+    try:
+        with rundir.hold(run_dir), contextlib.closing(progress):
+            rundir.check_unclaimed([run_dir])  # a Slurm job may train here too
+            return launch_local(
+                RUN_TASK, plan, run_dir,
+                tasks=devices.ranks, timeout_min=plan.cluster.timeout_min, signal_lead_s=plan.cluster.signal_lead_s,
+                devices=devices.per_rank, log_dir=RunDir(run_dir).logs,
+                on_poll=MetricsFollower(run_dir, progress).poll,
+            )
+    except Interrupted as stop:
+        print(interrupted_message(run_dir, stop, since=before), file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
 
 
 def run_debug(plan: JobPlan, run_dir: Path) -> Summary:
@@ -116,7 +124,7 @@ def run_slurm(plan: JobPlan, run_dir: Path) -> Summary:
         return None
     progress = ProgressLine(plan.train.steps, stream=sys.stderr)
     with contextlib.closing(progress):
-        return wait_for(job, on_poll=MetricsFollower(run_dir, progress).poll)
+        return follow(job, run_dir, on_poll=MetricsFollower(run_dir, progress).poll)
 
 
 START: dict[str, Callable[[JobPlan, Path], Summary]] = {

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import submitit
 
+from cluster.local.interrupt import CtrlC, Interrupted, ignoring_sigint
 from cluster.local.watchdog import exit_when_gone
 from cluster.submitit_compat import failure_text
 
@@ -36,25 +37,41 @@ def launch_local(
 
     Each rank stops itself when this process is gone (see ``cluster.local.watchdog``), so killing the
     launcher kills the run, as it does with torchrun. Each sees the GPU ``devices`` gives it, and only
-    that one (submitit would show every task the first N GPUs, whatever the user's own mask).
+    that one (submitit would show every task the first N GPUs, whatever the user's own mask). Ctrl-C stops
+    the ranks at a step boundary, saved, then raises ``Interrupted`` (``cluster.local.interrupt``).
     """
     executor = submitit.LocalExecutor(folder=log_dir)
     executor.update_parameters(tasks_per_node=tasks, nodes=1, timeout_min=timeout_min, signal_delay_s=signal_lead_s)
-    job = executor.submit(_watched, os.getpid(), tuple(devices) or ("",) * tasks, fn, *args)
+    with ignoring_sigint():  # the controller (and the ranks until they catch it) ignore Ctrl-C
+        job = executor.submit(_watched, os.getpid(), tuple(devices) or ("",) * tasks, fn, *args)
+    ctrl_c = CtrlC().install()
+
+    def poll() -> None:
+        ctrl_c.poll()
+        on_poll()
+
     try:
-        return wait_for(job, on_poll=on_poll)
+        _wait_until_done(job, on_poll=poll)
+        if ctrl_c.count:  # the ranks stopped and left no result (submitit would wait 30 s for one)
+            raise Interrupted(at_once=False)
+        return _rank0_result(job)
     finally:
+        ctrl_c.uninstall()
         if not job.done():
             job.cancel(check=False)
 
 
 def wait_for(job: "submitit.Job[Any]", *, on_poll: Callable[[], None] = lambda: None) -> Any:
     """Wait until ``job`` ends, calling ``on_poll`` meanwhile; rank 0's result, or TaskFailedError."""
+    _wait_until_done(job, on_poll=on_poll)
+    return _rank0_result(job)
+
+
+def _wait_until_done(job: "submitit.Job[Any]", *, on_poll: Callable[[], None]) -> None:
     while not job.done():
         on_poll()
         time.sleep(POLL_S)
     on_poll()
-    return _rank0_result(job)
 
 
 def _watched(launcher_pid: int, devices: tuple[str, ...], fn: Callable[..., R], *args: Any) -> R:

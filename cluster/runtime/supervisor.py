@@ -19,6 +19,7 @@ import torch.distributed as dist
 from cluster.environment import TaskEnvironment
 from cluster.errors import RunDirectoryBusyError, one_line, spelled
 from cluster.requeue import (
+    EXIT_INTERRUPTED,
     EXIT_REQUEUE,
     REQUEUEABLE,
     JobEnd,
@@ -61,8 +62,10 @@ class Supervisor:
                  lead_s: float, device: torch.device, spell: Callable[[str], str] = str):
         self.env, self.budget, self.lead_s, self.spell = env, budget, lead_s, spell
         self.run_dir = run_dir
-        # SIGTERM is a last-chance warning too: Slurm sends it KillWait seconds before SIGKILL.
-        self.flag = StopFlag((warning_signal, "TERM")).install()
+        # SIGTERM is a last-chance warning too: Slurm sends it KillWait seconds before SIGKILL. SIGINT (Ctrl-C, or
+        # srun passing it on) stops the run at the next step boundary, saved, and nothing brings it back.
+        self.warning_signal = warning_signal
+        self.flag = StopFlag((warning_signal, "TERM", "INT")).install()
         self.vote = StopVote(self.flag, device)
         self.began = time.monotonic()
         self.history = read_events(run_dir)  # read before this run writes anything
@@ -146,12 +149,17 @@ class Supervisor:
         self.vote.close()
         cause = [self._cause() if self.env.is_main else ""]
         dist.broadcast_object_list(cause, src=0)
-        allowed, phrase = (True, "") if cause[0] in ("requeued", "cancelled") else budget_left(
+        allowed, phrase = (True, "") if cause[0] in ("requeued", "cancelled", "interrupt") else budget_left(
             self.budget, self.history, cause[0], self.spell)
         if self.env.is_main:
             waited = time.monotonic() - (self.flag.at or time.monotonic())
             self.log.record("signalled", cause=cause[0], signal=self.flag.received, step=step,
                             seconds_to_saved=round(waited, 3))
+        if cause[0] == "interrupt":
+            if self.env.is_main:
+                self.log.record("stopped", cause="interrupt", step=step, reason="Ctrl-C (SIGINT)")
+                print(f"stopped at step {step} (Ctrl-C), checkpoint saved: run the same command to resume", flush=True)
+            raise JobEnd(EXIT_INTERRUPTED)
         if cause[0] in ("requeued", "cancelled"):  # someone else ends this run; Slurm knows what comes next
             if self.env.is_main:
                 self.log.record(cause[0], step=step, reason=f"{cause[0]} from outside (scontrol/scancel)")
@@ -202,6 +210,8 @@ class Supervisor:
                         **({"problem": problem} if problem else {}))
 
     def _cause(self) -> str:
+        if self.flag.received == "INT" and self.warning_signal != "INT":
+            return "interrupt"
         timeout = float(os.environ.get("SUBMITIT_LOCAL_TIMEOUT_S", 0) or 0)
         return signal_cause(self.env, lead_s=self.lead_s, now=datetime.datetime.now(),
                             started_s=time.monotonic() - self.began, local_timeout_s=timeout)

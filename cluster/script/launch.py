@@ -29,13 +29,13 @@ from cluster import rundir
 from cluster.by_name import ByName
 from cluster.environment import TaskEnvironment, variables_for
 from cluster.errors import ClusterError, SettingError, literal
-from cluster.local.ranks import wait_for
-from cluster.requeue import RequeueBudget
+from cluster.local.interrupt import Interrupted, interrupted_message
+from cluster.requeue import EXIT_INTERRUPTED, RequeueBudget
 from cluster.rundir import EventLog, RunDir, read_events
 from cluster.script.task import CommandFailedError, command_environment, decide, ending_of, exit_cause
 from cluster.slurm.limits import check_against_cluster
 from cluster.slurm.resources import SlurmResources
-from cluster.slurm.sbatch import check_setup, render_sbatch, submit
+from cluster.slurm.sbatch import check_setup, follow, render_sbatch, submit
 
 RUN_COMMAND = ByName("cluster.script.task", "run_command")
 _GRACE_S = 10  # how long the other ranks of a local run may take to end after one has ended badly
@@ -141,8 +141,12 @@ def run(argv: Sequence[str]) -> int:
         if args.local < 1:
             raise SettingError("{k.local} must be at least 1 rank")
         rundir.check_writable(run_dir, setting="run_dir")
-        return run_local(command, ranks=args.local, run_dir=run_dir, settings=settings_for(resources, budget),
-                         budget=budget)
+        try:
+            return run_local(command, ranks=args.local, run_dir=run_dir, settings=settings_for(resources, budget),
+                             budget=budget)
+        except Interrupted as stop:  # a second Ctrl-C
+            print(interrupted_message(run_dir, stop, since=0), file=sys.stderr)
+            return EXIT_INTERRUPTED
     check_setup(resources)
     settings = settings_for(resources, budget)
     log_dir = RunDir(run_dir).logs.resolve()
@@ -169,7 +173,7 @@ def run(argv: Sequence[str]) -> int:
           f"status:  python -m cluster status {run_dir}   (logs, cancel likewise)", flush=True)
     if not args.wait:
         return 0
-    wait_for(job)
+    follow(job, run_dir)
     print(f"job {job.job_id} finished")
     return 0
 
@@ -236,10 +240,15 @@ def run_local(command: Sequence[str], *, ranks: int, run_dir: Path, settings: di
     received: list[str] = []
 
     def forward(number: int, frame: object) -> None:
-        received.append(signal.Signals(number).name.removeprefix("SIG"))
-        for child in children:
+        name = signal.Signals(number).name.removeprefix("SIG")
+        if name == "INT" and "INT" in received:  # the second Ctrl-C: at once (checkpoints are written atomically)
+            for child in children:
+                child.kill()
+            raise Interrupted(at_once=True)
+        received.append(name)
+        for child in children:  # a command using the API stops at a step boundary, saved (exit 130)
             if child.poll() is None:
-                child.send_signal(signal.SIGTERM if number == signal.SIGINT else number)
+                child.send_signal(number)
 
     children: list[subprocess.Popen[bytes]] = []
     for name in ("USR1", "USR2", "TERM", "INT", "HUP"):
@@ -277,11 +286,13 @@ def run_local(command: Sequence[str], *, ranks: int, run_dir: Path, settings: di
             ending = ending_of(run_dir, job_id, since=before)  # what a command using the API wrote this time
             code = codes[first_bad] if first_bad is not None else 0  # the rank that ended badly first: the cause
             if interrupted:
-                if not ending:
+                if ending:  # the command used the API: it saved the step it stopped at
+                    print(interrupted_message(run_dir, Interrupted(at_once=False), since=before), file=sys.stderr)
+                else:
                     EventLog(run_dir, rank=0, job=job_id, restart=restart).record("stopped", cause="interrupt",
                                                                                    reason="Ctrl-C")
-                print("stopped (Ctrl-C); run the same command again to resume", file=sys.stderr)
-                return 130
+                    print("stopped (Ctrl-C); run the same command again to resume", file=sys.stderr)
+                return EXIT_INTERRUPTED
             if ending:  # the command used the API and decided
                 if ending == "requeued":
                     print("ranks saved and asked to come back: starting them again", file=sys.stderr, flush=True)

@@ -18,6 +18,8 @@ import submitit
 from submitit.core.utils import FailedJobError
 
 from cluster.errors import ClusterError, SettingError, literal
+from cluster.local.ranks import wait_for
+from cluster.requeue import EXIT_INTERRUPTED
 from cluster.slurm.resources import SlurmResources
 from cluster.submitit_compat import executor_with_command, make_sbatch_string
 
@@ -115,3 +117,14 @@ def submit_array(fn: Callable[..., Any], arg_lists: list[tuple[Any, ...]], *, re
     executor.update_parameters(**sbatch_parameters(resources), array_parallelism=parallelism)
     with _sbatch_answers():
         return executor.map_array(fn, *zip(*arg_lists))
+
+
+def follow(job: "submitit.Job[Any]", run_dir: Path, *, on_poll: Callable[[], None] = lambda: None) -> Any:
+    """Wait for a submitted job to end; rank 0's result. Ctrl-C stops the following, not the job: it says that
+    the job goes on and how to see or cancel it, and exits 130."""
+    try:
+        return wait_for(job, on_poll=on_poll)
+    except KeyboardInterrupt:
+        print(f"\nstopped following (Ctrl-C); Slurm job {job.job_id} goes on: python -m cluster status {run_dir} "
+              f"shows it, scancel {job.job_id} cancels it", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None

@@ -14,7 +14,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from cluster.rundir import RunDir, write_atomically
+from cluster.rundir import RunDir, claimed_by, write_atomically
 
 MANIFEST = "manifest.json"
 SUBMISSIONS = "submissions.pkl"
@@ -122,6 +122,8 @@ def find_manifest(path: Path) -> Manifest:
     logs = sorted(RunDir(path).logs.glob("*_0_log.out"), key=lambda log: log.stat().st_mtime)
     if logs:
         return _single_run(path.resolve(), job_id=logs[-1].name.split("_")[0])
+    if claimed_by(path):  # submitted, not started yet: no log so far
+        return _single_run(path.resolve(), job_id=claimed_by(path))
     raise NotASweepError(f"{path} is no sweep directory: it has no {MANIFEST}; give the directory that the sweep "
                          "command printed")
 

@@ -97,9 +97,11 @@ def test_ctrl_c_saves_and_the_same_command_resumes_exactly(tmp_path):
     whole = cluster_run(tmp_path / "whole", *API_SCRIPT)
     code, _, err = interrupted(tmp_path / "cut", *API_SCRIPT, at_least=random.Random().randint(60, LATEST_STOP),
                                sig=signal.SIGINT)
-    assert code == 130 and "run the same command again to resume" in err, err[-3000:]
     stopped = [e for e in read_events(tmp_path / "cut") if e["event"] == "signalled"]
-    assert stopped and stopped[0]["signal"] == "TERM"  # Ctrl-C reached the ranks as the warning
+    assert stopped and stopped[0]["signal"] == "INT" and stopped[0]["cause"] == "interrupt"
+    assert code == 130 and f"stopped at step {stopped[0]['step']} (Ctrl-C)" in err, err[-3000:]
+    assert "Traceback" not in err
+    assert [e["event"] for e in read_events(tmp_path / "cut")].count("requeued") == 0
     again = cluster_run(tmp_path / "cut", *API_SCRIPT)
     assert again.returncode == 0, again.stderr[-3000:]
     assert digest_of(again.stdout) == digest_of(whole.stdout)

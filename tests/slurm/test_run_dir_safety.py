@@ -122,8 +122,8 @@ def test_retry_waits_for_a_live_job_and_recreates_what_was_deleted(tmp_path):
     status = wait_done(tmp_path, timeout=180)
     assert [m["state"] for m in status["members"]] == ["COMPLETED", "CANCELLED"]
 
-    blocker = subprocess.run(["sbatch", "--parsable", "--output=/dev/null", "--wrap", "sleep 120"], capture_output=True, text=True,
-                             check=True).stdout.strip()
+    blocker = subprocess.run(["sbatch", "--parsable", "--output=/dev/null", "--wrap", "sleep 120"],
+                             capture_output=True, text=True, check=True).stdout.strip()
     try:
         (tmp_path / "1" / ".claim").write_text(blocker + "\n")  # a job still at work in member 1's directory
         queue = squeue_ids()
@@ -158,8 +158,8 @@ def test_a_rank_side_configuration_error_is_never_retried_and_its_reason_is_in_t
     other = tmp_path / "other"
     run_train("cluster=local", "train.steps=5", "train.checkpoint_every_steps=5", "optim.lr=0.5",
               f"hydra.run.dir={other}")
-    blocker = subprocess.run(["sbatch", "--parsable", "-N", "4", "--exclusive", "--output=/dev/null", "--wrap", "sleep 60"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    blocker = subprocess.run(["sbatch", "--parsable", "-N", "4", "--exclusive", "--output=/dev/null",
+                              "--wrap", "sleep 60"], capture_output=True, text=True, check=True).stdout.strip()
     run_dir = tmp_path / "run"
     try:
         job = submitted_job(run_train("cluster=slurm", "train.steps=5", f"hydra.run.dir={run_dir}"))
