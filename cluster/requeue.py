@@ -27,7 +27,7 @@ SIGNAL_SLACK_S = 90
 
 # cause of a stop or a restart -> the budget it spends ("requested": a command that exited with EXIT_REQUEUE)
 BUDGET_OF = {"preemption": "preemption", "signal": "preemption", "time-limit": "time_limit",
-             "failure": "failure", "lost": "failure", "requested": "preemption"}
+             "failure": "failure", "hang": "failure", "lost": "failure", "requested": "preemption"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +36,8 @@ class RequeueBudget:
 
     preemption: int = -1  # requeues after a preemption or a warning signal sent by hand
     time_limit: int = 3  # requeues after the job reached its time limit
-    failure: int = 2  # retries after a crashed rank, a lost node, or an exception seen once
+    failure: int = 2  # retries after a crashed or hung rank, a lost node, or an exception seen once
+    exclude_bad_nodes: bool = True  # keep the nodes a failure implicated (a hung or dead rank's) out of the next runs
 
     def __post_init__(self) -> None:
         for name in ("preemption", "time_limit", "failure"):
@@ -99,14 +100,15 @@ def signal_cause(env: TaskEnvironment, *, lead_s: float, fields: Mapping[str, st
 REQUEUEABLE = ("slurm", "local")
 
 
-def request_requeue(env: TaskEnvironment) -> str:
-    """Ask what started this job to start it again; "" on success, else why it did not work.
+def request_requeue(env: TaskEnvironment, *, exclude: Sequence[str] = ()) -> str:
+    """Ask what started this job to start it again (on Slurm, without the ``exclude`` nodes); "" on success, else
+    why it did not work.
 
     Under the local executor the exit code (``EXIT_REQUEUE``) is the request.
     """
     if env.started_by != "slurm":
         return ""
-    return commands.requeue(commands.own_job_id())
+    return commands.requeue(commands.own_job_id(), exclude=exclude)
 
 
 def note_on_job(env: TaskEnvironment, text: str) -> None:

@@ -8,12 +8,13 @@ Layout of a run directory (``RunDir``)::
     events.jsonl      what happened across requeues: one line per event, from any rank
     checkpoints/      step-N folders (``cluster.runtime.checkpoint``)
     logs/             the ranks' stdout and stderr (submitit)
+    heartbeats/       one file per rank: its host, pid, step and a beat counter (``cluster.runtime.heartbeat``)
     tensorboard/      event files, when tensorboard is installed
     .lock             held by the live local run, and by a submission while it submits (``hold``)
     .claim            the Slurm job that trains here (``claim``): no other job may while it is queued or running
 
 A sweep directory holds ``manifest.json`` and ``submissions.pkl`` (``cluster.sweep.manifest``), its
-``logs/`` and one run directory per member.
+``logs/``, one run directory per member, and ``events.jsonl`` once a member has found a bad node.
 """
 
 import contextlib
@@ -56,6 +57,10 @@ class RunDir:
     @property
     def logs(self) -> Path:
         return self.path / "logs"
+
+    @property
+    def heartbeats(self) -> Path:
+        return self.path / "heartbeats"
 
     @property
     def tensorboard(self) -> Path:
@@ -112,7 +117,8 @@ class EventLog:
     """Appends to ``events.jsonl`` for one task of one job (``job`` and ``restart`` say which run it was).
 
     Events: started, layout, checkpointed, checkpoint-failed, signalled, requeued, resumed, failed, lost,
-    stopped, finished. The log outlives every allocation, so requeue budgets are counted from it.
+    stopped, finished, hung (a rank silent or no step ending: ``cluster.runtime.heartbeat``), excluded (bad
+    nodes: ``cluster.bad_nodes``). The log outlives every allocation, so requeue budgets are counted from it.
     """
 
     def __init__(self, run_dir: Path, *, rank: int, job: str, restart: int):

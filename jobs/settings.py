@@ -15,6 +15,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cluster.errors import SettingError, require_one_of, require_positive
 from cluster.requeue import RequeueBudget
+from cluster.runtime.heartbeat import HANG_TIMEOUT_S
 from cluster.slurm.resources import SlurmResources
 
 STRATEGIES = ("ddp", "fsdp", "single", "pipeline", "hybrid")
@@ -135,11 +136,12 @@ class SlurmCluster(SlurmResources):
 class DistributedConfig:
     backend: str = "auto"  # process-group backend: auto (nccl with a GPU, gloo otherwise), gloo or nccl
     timeout_s: float = 600.0  # how long a collective waits for the other ranks before failing
+    hang_timeout_s: float = HANG_TIMEOUT_S  # a rank silent (or no step ending) this long ends the job, naming it
 
     def __post_init__(self) -> None:
         with config_keys("distributed"):
             require_one_of("backend", self.backend, ("auto", "gloo", "nccl"))
-            require_positive(timeout_s=self.timeout_s)
+            require_positive(timeout_s=self.timeout_s, hang_timeout_s=self.hang_timeout_s)
 
 
 @dataclasses.dataclass

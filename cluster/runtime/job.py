@@ -51,6 +51,7 @@ from cluster.runtime.checkpoint import (
     saved_keys,
 )
 from cluster.runtime.checkpoint_writer import CheckpointWriter, SaveFailedError
+from cluster.runtime.heartbeat import BUSY, HANG_TIMEOUT_S
 from cluster.runtime.process_group import process_group
 from cluster.runtime.rng import capture_rng_state, restore_rng_state
 from cluster.runtime.supervisor import BudgetSpentError, Supervisor
@@ -161,6 +162,7 @@ class Job:
         """Count one completed optimizer step; whether all ranks agreed to stop at this boundary (a warning
         reached one of them). When True, ``save`` and then ``hand_over``."""
         self.step += 1
+        self.supervisor.heartbeat_step(self.step)
         wanted = 0 < self.checkpoint_every_min * 60 <= time.monotonic() - self._saved_at
         return self.supervisor.should_stop(self.step, save_wanted=wanted)
 
@@ -172,12 +174,14 @@ class Job:
 
     def save(self, state: Mapping[str, Any]) -> None:
         """Save ``state`` as this step's checkpoint, in the background (the copy is taken now)."""
-        self.writer.save(self._state_dicts(state, with_rng=True), self.step, self.meta())
+        with self.supervisor.busy():  # the copy of a big state may take longer than a step: no hang
+            self.writer.save(self._state_dicts(state, with_rng=True), self.step, self.meta())
         self._saved_step, self._saved_at = self.step, time.monotonic()
 
     def hand_over(self) -> NoReturn:
         """After a stop was agreed and saved: wait for the save, requeue within the budgets, leave (``JobEnd``,
         a ``SystemExit`` whose code says whether the job comes back)."""
+        self.supervisor.phase(BUSY)  # waiting for the last save
         self.writer.close()
         self.supervisor.stopped(self.step)
         raise AssertionError("the supervisor ends the task")  # pragma: no cover
@@ -195,6 +199,7 @@ class Job:
         save raises ``SaveFailedError``), and record the end."""
         if state is not None and self._saved_step != self.step:
             self.save(state)
+        self.supervisor.phase(BUSY)  # waiting for the last save
         self.writer.check_last()
         self.supervisor.finished(self.step)
         self.finished = True
@@ -251,6 +256,7 @@ def settings_from_environment() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def start(run_dir: str | os.PathLike[str] | None = None, *, backend: str = "auto", timeout_s: float = 600.0,
+          hang_timeout_s: float | None = None,
           checkpoint_every_steps: int = 0, checkpoint_every_min: float = 30.0, keep_checkpoints: int = 3,
           async_checkpoint: bool = True,
           requeue: RequeueBudget | None = None, warning_signal: str | None = None,
@@ -265,9 +271,12 @@ def start(run_dir: str | os.PathLike[str] | None = None, *, backend: str = "auto
     (the signal and its lead: ``SlurmResources``'s; the budgets: ``RequeueBudget``'s). ``config`` is the
     fingerprint a checkpoint must match (JSON-able settings). Checkpoints are saved every
     ``checkpoint_every_min`` minutes and/or every ``checkpoint_every_steps`` steps (0: not by that), at the end,
-    and when a warning stops the job: a save costs the loop a copy of the state. An exception in the block is
-    a failure: the job is retried within the failure budget where something restarts it (Slurm, the local
-    executor), once a retry could help. ``spell`` names settings in messages (``cluster.errors``).
+    and when a warning stops the job: a save costs the loop a copy of the state. A rank silent for
+    ``hang_timeout_s`` (frozen, dead, its node lost), or no step ending on any rank for that long, ends the job
+    and names them (``cluster.runtime.heartbeat``); ``timeout_s`` is only the collectives' own. An exception in
+    the block is a failure: the job is retried within the failure budget where something restarts it (Slurm,
+    the local executor), once a retry could help, without the nodes a failure implicated (``cluster.bad_nodes``).
+    ``spell`` names settings in messages (``cluster.errors``).
     """
     given = settings_from_environment()
     run_dir = run_dir if run_dir is not None else given.get("run_dir")
@@ -292,6 +301,8 @@ def start(run_dir: str | os.PathLike[str] | None = None, *, backend: str = "auto
                                 warning_signal=warning_signal or given.get("signal") or defaults.signal,
                                 lead_s=signal_lead_s if signal_lead_s is not None else
                                 given.get("signal_lead_s", defaults.signal_lead_s),
+                                hang_timeout_s=hang_timeout_s if hang_timeout_s is not None else
+                                given.get("hang_timeout_s", HANG_TIMEOUT_S),
                                 device=joined.device, spell=spell)
         supervisor.start()
         writer = CheckpointWriter(RunDir(folder).checkpoints, rank=env.rank, keep=keep_checkpoints,

@@ -6,16 +6,27 @@ its budget, requeues, and ends the task with ``JobEnd``. Failures go through ``f
 decides between a retry and the end without talking to other ranks (they may be dead).
 """
 
+import contextlib
 import datetime
 import os
 import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from cluster.bad_nodes import (
+    NODE_FAULTS,
+    NoNodesLeftError,
+    check_fit,
+    excluded_by_user,
+    fewest_nodes,
+    remember,
+    remembered,
+)
 from cluster.environment import TaskEnvironment
 from cluster.errors import RunDirectoryBusyError, one_line, spelled
 from cluster.requeue import (
@@ -31,10 +42,23 @@ from cluster.requeue import (
     signal_cause,
     unexplained_end,
 )
-from cluster.rundir import EventLog, check_unclaimed, claim, read_events
+from cluster.rundir import EventLog, RunDir, check_unclaimed, claim, read_events
 from cluster.runtime.checkpoint_writer import SaveResult
+from cluster.runtime.heartbeat import (
+    BUSY,
+    EXITED,
+    HANG_TIMEOUT_S,
+    TRAINING,
+    Beat,
+    Heartbeat,
+    Verdict,
+    Watch,
+    interval_for,
+)
 from cluster.runtime.stop_vote import StopVote
+from cluster.slurm import commands
 from cluster.slurm.commands import own_job_id
+from cluster.slurm.hostlist import expand_hostlist
 from cluster.warning_signals import StopFlag
 
 
@@ -59,9 +83,10 @@ class Supervisor:
     """
 
     def __init__(self, env: TaskEnvironment, run_dir: Path, *, budget: RequeueBudget, warning_signal: str = "USR2",
-                 lead_s: float, device: torch.device, spell: Callable[[str], str] = str):
+                 lead_s: float, hang_timeout_s: float = HANG_TIMEOUT_S, device: torch.device,
+                 spell: Callable[[str], str] = str):
         self.env, self.budget, self.lead_s, self.spell = env, budget, lead_s, spell
-        self.run_dir = run_dir
+        self.run_dir, self.hang_timeout_s = run_dir, hang_timeout_s
         # SIGTERM is a last-chance warning too: Slurm sends it KillWait seconds before SIGKILL. SIGINT (Ctrl-C, or
         # srun passing it on) stops the run at the next step boundary, saved, and nothing brings it back.
         self.warning_signal = warning_signal
@@ -76,6 +101,9 @@ class Supervisor:
         self._warned = False
         self.step: int | None = None  # the last step boundary (or the step resumed from)
         self.stepped = False  # whether a training step has ended in this run (set-up errors come before)
+        self.bad_nodes = remembered(run_dir) if budget.exclude_bad_nodes else set()  # kept out of the next runs
+        self.heartbeat: Heartbeat | None = None
+        self._watching = threading.Event()  # cleared: the hang watcher stops
 
     def start(self) -> None:
         """Record this run; end it at once when the previous one was lost and the failure budget is spent."""
@@ -98,8 +126,151 @@ class Supervisor:
                 self._give_up(f"the previous run was lost and the {phrase}")
         if self.env.is_main:
             self.log.record("started", nodes=self.env.num_nodes, world_size=self.env.world_size,
-                            launcher=self.env.started_by, host=os.uname().nodename)
+                            launcher=self.env.started_by, host=os.uname().nodename,
+                            **({"nodelist": os.environ.get("SLURM_JOB_NODELIST", "")}
+                               if self.env.started_by == "slurm" else {}))
             self._check_lead_time(self.slowest_save_s)
+            self._remember_lost_nodes()
+        self._start_watching()
+
+    # --- hangs: heartbeats and their watcher (cluster.runtime.heartbeat) ---------------------------------------
+
+    def _run_name(self) -> str:
+        return f"{self.env.job_id}/{self.restart}"
+
+    def _start_watching(self) -> None:
+        """Beat from now on; rank 0 watches every rank, the others watch rank 0 (which may be the one to freeze)."""
+        folder, interval = RunDir(self.run_dir).heartbeats, interval_for(self.hang_timeout_s)
+        self.heartbeat = Heartbeat(folder, rank=self.env.rank, run=self._run_name(), interval_s=interval).start()
+        ranks = list(range(self.env.world_size)) if self.env.is_main else [0]
+        watch = Watch(folder, ranks=ranks, run=self._run_name(), timeout_s=self.hang_timeout_s)
+        self._watching.set()
+
+        def watch_forever() -> None:
+            while self._watching.is_set():
+                time.sleep(interval)
+                verdict = watch.check() if self._watching.is_set() else None
+                if verdict is not None:
+                    self._hung(verdict, watch.beats)
+                    return
+
+        threading.Thread(target=watch_forever, name="hang-watch", daemon=True).start()
+
+    def phase(self, phase: str) -> None:
+        """What this rank does now, for the watchers: ``heartbeat.TRAINING`` between steps, ``BUSY`` in a long step
+        of the library's own (a save's copy, the end), when a pause is no hang."""
+        if self.heartbeat is not None:
+            self.heartbeat.phase = phase
+
+    def heartbeat_step(self, step: int) -> None:
+        """A step ended: the beats carry it (the watchers judge stalls by it)."""
+        if self.heartbeat is not None:
+            self.heartbeat.step, self.heartbeat.phase = step, TRAINING
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """A long step of the library's own inside training: no stall while it lasts."""
+        previous = self.heartbeat.phase if self.heartbeat is not None else TRAINING
+        self.phase(BUSY)
+        try:
+            yield
+        finally:
+            self.phase(previous)
+
+    def _stop_watching(self) -> None:
+        self._watching.clear()
+        if self.heartbeat is not None:
+            self.heartbeat.stop(EXITED)
+
+    def _hung(self, verdict: Verdict, beats: dict[int, Beat]) -> None:
+        """The watcher's end of a hung job (its thread; the main thread is stuck): one rank records it, excludes the
+        suspects' nodes, requeues within the failure budget, and ends every rank it can reach."""
+        try:
+            os.close(os.open(self._verdict(), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:  # another rank's watcher saw it first, and acts
+            return
+        reason = verdict.describe()
+        self.log.record("hung", kind=verdict.kind, ranks=list(verdict.ranks), nodes=list(verdict.hosts),
+                        step=verdict.step, seconds=round(verdict.seconds, 1), reason=reason)
+        print(f"error: {reason}: ending the job", flush=True)
+        try:
+            code = self._come_back("hang", verdict.step, reason, suspects=[h for h in verdict.hosts if h != "?"])
+        except BudgetSpentError as spent:
+            if not self.env.is_main:  # rank 0 records the end of a job that may not come back; it is stuck
+                self.log.record("failed", kind="final", reason=str(spent))
+            if self.env.started_by == "slurm":  # the ranks stuck in a collective would hold the nodes until its timeout
+                commands.cancel_quietly(own_job_id())
+            code = 1
+        self._stop_watching()  # this rank leaves on purpose
+        here = os.uname().nodename
+        for beat in beats.values():  # the ranks of this node (all of a local run), the frozen one included
+            if beat.host == here and beat.pid != os.getpid():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(beat.pid, signal.SIGKILL)
+        os._exit(code)
+
+    def _verdict(self) -> Path:
+        """The file the first watcher to find this run hung creates: the others (and ranks that wake up from a
+        freeze when Slurm ends the job) then leave the decision to it."""
+        return RunDir(self.run_dir).heartbeats / f"verdict-{self._run_name().replace('/', '-')}"
+
+    def _suspects(self) -> list[str]:
+        """After a peer's failure: the nodes of the ranks that stopped beating (died) rather than left."""
+        if self.heartbeat is None:
+            return []
+        watch = Watch(RunDir(self.run_dir).heartbeats, ranks=list(range(self.env.world_size)),
+                      run=self._run_name(), timeout_s=self.hang_timeout_s)
+        quiet = watch.silent_now(within_s=2 * self.heartbeat.interval_s + 0.5)
+        return sorted({watch.beats[r].host for r in quiet if r in watch.beats})
+
+    # --- bad nodes (cluster.bad_nodes) -------------------------------------------------------------------------
+
+    def _remember_lost_nodes(self) -> None:
+        """Nodes of the previous run that Slurm has since lost (down, not responding) are bad nodes too."""
+        if self.env.started_by != "slurm" or not self.budget.exclude_bad_nodes:
+            return
+        previous = [e for e in self.history if e.get("event") == "started" and e.get("job") == self.env.job_id
+                    and e.get("restart") == self.restart - 1 and e.get("nodelist")]
+        if not previous:
+            return
+        lost = commands.unhealthy_nodes(expand_hostlist(previous[-1]["nodelist"]))
+        if set(lost) - self.bad_nodes:
+            remember(self.run_dir, self.log, lost, reason="Slurm lost it during the previous run ("
+                     + ", ".join(f"{node}: {state}" for node, state in sorted(lost.items())) + ")")
+            self.bad_nodes |= set(lost)
+
+    def _exclusions(self, suspects: list[str]) -> list[str]:
+        """Record the ``suspects`` as bad nodes; every node the next run must not get (BudgetSpentError when too few
+        are left for the job)."""
+        if self.env.started_by != "slurm" or not self.budget.exclude_bad_nodes:
+            return []
+        new = sorted(set(suspects) - self.bad_nodes)
+        if new:
+            remember(self.run_dir, self.log, new, reason="implicated in this run's failure")
+            self.bad_nodes |= set(new)
+        if not self.bad_nodes:
+            return []
+        fields = commands.job_fields(own_job_id())
+        keep_out = self.bad_nodes | excluded_by_user(fields.get("ExcNodeList", ""))
+        partition = fields.get("Partition", "")
+        try:
+            check_fit(keep_out, partition=partition, partition_nodes=commands.partition_nodes(partition),
+                      needed=fewest_nodes(fields.get("NumNodes", "")))
+        except NoNodesLeftError as error:
+            self._give_up(error.phrase(self.spell))
+        return sorted(keep_out)
+
+    def _come_back(self, cause: str, step: int | None, text: str, *, suspects: list[str]) -> int:
+        """Requeue after a failure (without the bad nodes) when the budget allows; the exit code, or
+        BudgetSpentError."""
+        if self.env.started_by not in REQUEUEABLE:
+            self.log.record("failed", kind="final", reason=f"{text}; nothing here restarts the job")
+            return 1
+        allowed, phrase = budget_left(self.budget, self.history, cause, self.spell)
+        if not allowed:
+            self._give_up(f"{text}, and the {phrase}")
+        self._requeue(cause, step, phrase, exclude=self._exclusions(suspects))
+        return EXIT_REQUEUE
 
     def _claim(self) -> str:
         """Rank 0 of a Slurm job claims the run directory for its job; why it may not (a template), or ""."""
@@ -147,6 +318,7 @@ class Supervisor:
     def stopped(self, step: int) -> None:
         """All ranks stopped at ``step`` and saved it: find the cause, requeue if allowed, end the task."""
         self.vote.close()
+        self._stop_watching()
         cause = [self._cause() if self.env.is_main else ""]
         dist.broadcast_object_list(cause, src=0)
         allowed, phrase = (True, "") if cause[0] in ("requeued", "cancelled", "interrupt") else budget_left(
@@ -183,7 +355,15 @@ class Supervisor:
         """
         kind = "peer" if is_peer_failure(error) else ("config" if deterministic else "exception")
         text = one_line(error, self.spell)
-        self.log.record("failed", kind=kind, step=step, error=text[:500])
+        # The node to blame: a peer's that died without a word (its heartbeat stopped), or this one when the error
+        # says its hardware failed.
+        suspects = self._suspects() if kind == "peer" and not self._verdict().exists() else (
+            [os.uname().nodename] if NODE_FAULTS.search(str(error)) else [])
+        self.log.record("failed", kind=kind, step=step, error=text[:500], host=os.uname().nodename,
+                        **({"suspects": suspects} if suspects else {}))
+        self._stop_watching()  # this rank leaves on purpose: its silence from now on means nothing
+        if self.heartbeat is not None and self._verdict().exists():  # a watcher found the run hung and decided
+            raise JobEnd(EXIT_REQUEUE) from error
         if self.env.started_by not in REQUEUEABLE:
             raise error  # nothing here restarts the job: torchrun's --max-restarts or the user decide
         if kind == "config":
@@ -192,22 +372,26 @@ class Supervisor:
                  and e.get("step") == step and e.get("error") == text[:500]]
         if kind == "exception" and again:
             self._give_up(f"the same exception at step {step} twice ({text[:500]})", error)
-        allowed, phrase = budget_left(self.budget, self.history, "failure", self.spell)
-        if not allowed:
-            self._give_up(f"{text[:500]}, and the {phrase}", error)
-        self._requeue("failure", step, phrase)
+        try:
+            self._come_back("failure", step, text[:500], suspects=suspects)
+        except BudgetSpentError as spent:
+            raise spent from error
         raise JobEnd(EXIT_REQUEUE) from error
 
     def finished(self, step: int) -> None:
         self.vote.close()
         self.flag.uninstall()
+        self._stop_watching()
         if self.env.is_main:
             self.log.record("finished", step=step, seconds=round(time.monotonic() - self.began, 3))
 
-    def _requeue(self, cause: str, step: int | None, phrase: str) -> None:
-        problem = request_requeue(self.env)
+    def _requeue(self, cause: str, step: int | None, phrase: str, *, exclude: list[str] | None = None) -> None:
+        """Ask for the next run, without the bad nodes (those found now, ``exclude``, or remembered)."""
+        if exclude is None:
+            exclude = self._exclusions([])
+        problem = request_requeue(self.env, exclude=exclude)
         self.log.record("requeued", cause=cause, step=step, budget=phrase,
-                        **({"problem": problem} if problem else {}))
+                        **({"excluded": exclude} if exclude else {}), **({"problem": problem} if problem else {}))
 
     def _cause(self) -> str:
         if self.flag.received == "INT" and self.warning_signal != "INT":

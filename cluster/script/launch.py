@@ -32,6 +32,7 @@ from cluster.errors import ClusterError, SettingError, literal
 from cluster.local.interrupt import Interrupted, interrupted_message
 from cluster.requeue import EXIT_INTERRUPTED, RequeueBudget
 from cluster.rundir import EventLog, RunDir, read_events
+from cluster.runtime.heartbeat import HANG_TIMEOUT_S
 from cluster.script.task import CommandFailedError, command_environment, decide, ending_of, exit_cause
 from cluster.slurm.limits import check_against_cluster
 from cluster.slurm.resources import SlurmResources
@@ -65,12 +66,18 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         docs = _field_docs(cls)
         for field in dataclasses.fields(cls):
             default = field.default if field.default is not dataclasses.MISSING else None
-            if field.name in ("setup", "additional"):
+            if isinstance(default, bool):
+                parser.add_argument(option(field.name), action=argparse.BooleanOptionalAction, default=default,
+                                    help=f"{docs[field.name]} (default: {default!r})")
+            elif field.name in ("setup", "additional"):
                 parser.add_argument(option(field.name), action="append", default=[], metavar="LINE" if
                                     field.name == "setup" else "FLAG=VALUE", help=f"{docs[field.name]} (repeatable)")
             else:
                 parser.add_argument(option(field.name), type=type(default), default=default,
                                     help=f"{docs[field.name]} (default: {default!r})")
+    parser.add_argument("--hang-timeout-s", type=float, default=HANG_TIMEOUT_S, metavar="S",
+                        help="a rank of a command using the API silent this long (or no step ending) ends the job "
+                        f"and names it (default: {HANG_TIMEOUT_S:g})")
     parser.add_argument("--local", type=int, default=0, metavar="N",
                         help="run N ranks on this machine instead, in the foreground (Ctrl-C stops them)")
     parser.add_argument("--run-dir", type=Path, default=None,
@@ -115,10 +122,11 @@ def default_run_dir(command: Sequence[str]) -> Path:
     return Path("runs") / Path(script).stem / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 
-def settings_for(resources: SlurmResources, budget: RequeueBudget) -> dict[str, Any]:
+def settings_for(resources: SlurmResources, budget: RequeueBudget, *,
+                 hang_timeout_s: float = HANG_TIMEOUT_S) -> dict[str, Any]:
     """What the command's ``cluster.start`` gets (``cluster.environment.SETTINGS_VARIABLE``)."""
     return {"signal": resources.signal, "signal_lead_s": resources.signal_lead_s,
-            "requeue": dataclasses.asdict(budget)}
+            "requeue": dataclasses.asdict(budget), "hang_timeout_s": hang_timeout_s}
 
 
 def run(argv: Sequence[str]) -> int:
@@ -142,13 +150,13 @@ def run(argv: Sequence[str]) -> int:
             raise SettingError("{k.local} must be at least 1 rank")
         rundir.check_writable(run_dir, setting="run_dir")
         try:
-            return run_local(command, ranks=args.local, run_dir=run_dir, settings=settings_for(resources, budget),
-                             budget=budget)
+            return run_local(command, ranks=args.local, run_dir=run_dir, budget=budget,
+                             settings=settings_for(resources, budget, hang_timeout_s=args.hang_timeout_s))
         except Interrupted as stop:  # a second Ctrl-C
             print(interrupted_message(run_dir, stop, since=0), file=sys.stderr)
             return EXIT_INTERRUPTED
     check_setup(resources)
-    settings = settings_for(resources, budget)
+    settings = settings_for(resources, budget, hang_timeout_s=args.hang_timeout_s)
     log_dir = RunDir(run_dir).logs.resolve()
     if args.dry_run:
         print(render_sbatch(resources, folder=log_dir))

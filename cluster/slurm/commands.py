@@ -10,9 +10,10 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from cluster.errors import SlurmUnavailableError, literal
+from cluster.slurm.hostlist import expand_hostlist
 
 TIMEOUT_S = 15  # a healthy controller answers in well under a second
 RANK_TIMEOUT_S = 20  # a rank asking about its own job waits a little longer: it has nothing else to do
@@ -71,12 +72,40 @@ def job_fields(job_id: str) -> dict[str, str]:
     return dict(token.split("=", 1) for token in out.split() if "=" in token) if code == 0 else {}
 
 
-def requeue(job_id: str) -> str:
-    """``scontrol requeue JOB``; "" on success, else why it did not work."""
+def requeue(job_id: str, *, exclude: Sequence[str] = ()) -> str:
+    """``scontrol requeue JOB``, then keep the ``exclude`` nodes out of its next run; "" on success, else why it did
+    not work.
+
+    Slurm takes a job's ExcNodeList only while the job is pending, and a requeued job is: it may start again only
+    after the credentials' lifetime (``AuthInfo=cred_expire``, 120 s by default), far more than the update takes.
+    """
     code, _, err = scontrol_quietly("requeue", job_id)
     if code == -1:
         return f"scontrol requeue failed: {err}"
-    return "" if code == 0 else f"scontrol requeue: {err.strip() or code}"
+    if code != 0:
+        return f"scontrol requeue: {err.strip() or code}"
+    if exclude:
+        code, _, err = scontrol_quietly("update", f"JobId={job_id}", f"ExcNodeList={','.join(exclude)}")
+        if code != 0:
+            return f"requeued, but the nodes {','.join(exclude)} could not be excluded: {err.strip() or code}"
+    return ""
+
+
+def partition_nodes(partition: str) -> list[str]:
+    """The nodes of a partition (empty when Slurm does not answer)."""
+    code, out, _ = scontrol_quietly("show", "partition", "--oneliner", partition)
+    fields = dict(token.split("=", 1) for token in out.split() if "=" in token) if code == 0 else {}
+    return expand_hostlist(fields.get("Nodes", "")) if fields.get("Nodes", "(null)") != "(null)" else []
+
+
+def unhealthy_nodes(nodes: Sequence[str]) -> dict[str, str]:
+    """Which of these nodes Slurm has lost or taken out (DOWN, FAIL, not responding: ``*``), with their state."""
+    if not nodes:
+        return {}
+    out = _output(["sinfo", "-h", "-N", "-n", ",".join(nodes), "-o", "%N|%t"]) or ""
+    states = dict(line.split("|", 1) for line in out.split() if "|" in line)
+    return {node: state for node, state in states.items()
+            if state.endswith("*") or state.rstrip("*$~#!%@^-") in ("down", "fail", "failg")}
 
 
 def set_comment(job_id: str, text: str) -> None:
@@ -87,6 +116,14 @@ def set_comment(job_id: str, text: str) -> None:
 def cancel(job_ids: list[str]) -> None:
     """``scancel`` these jobs (array tasks as ``ARRAY_TASK``)."""
     subprocess.run(["scancel", *job_ids], check=True, timeout=TIMEOUT_S)
+
+
+def cancel_quietly(job_id: str) -> None:
+    """``scancel JOB`` from inside the job (nothing to do if it fails: the job ends at its timeouts anyway)."""
+    try:
+        subprocess.run(["scancel", job_id], capture_output=True, timeout=RANK_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
 
 
 def expand_array_ids(job_id: str) -> list[str]:

@@ -1,0 +1,181 @@
+"""Every rank says, from a thread of its own, that it is alive and how far it got; a watcher finds a rank gone silent
+or a job that stopped moving, without waiting on any collective.
+
+A collective waiting on a frozen or dead rank returns only at its own timeout (10 minutes by default,
+for gloo and NCCL alike), and then names nobody. Here each rank's ``Heartbeat`` thread rewrites its
+file in the run directory's ``heartbeats/`` every ``interval_s`` with a counter, its host, pid, step
+and phase; it keeps beating while the rank's main thread is blocked, and stops only when the process
+is frozen (SIGSTOP, a node gone into swap), dead, or its node lost. ``Watch`` reads the files and
+says, on the reader's own clock (the nodes' clocks never meet), which ranks stopped beating for
+``timeout_s`` (``silent``), or whether every rank is training yet no step ended for ``timeout_s``
+(``stalled``: a collective deadlock; the ranks behind the others are the suspects). Files on the
+shared file system, not the job's TCP store: the store lives in rank 0's process, which may be the
+frozen one. Torch-free.
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HANG_TIMEOUT_S = 300.0  # the default: longer than any step or save of the library's, far shorter than a collective's
+
+# Phases a rank reports. "training": between two step boundaries (the only phase a stall is judged in);
+# "busy": a long step of the library's own (a checkpoint's copy, the end); "exited": it left on purpose.
+SETUP, TRAINING, BUSY, EXITED = "setup", "training", "busy", "exited"
+
+
+def interval_for(timeout_s: float) -> float:
+    """How often a rank beats: a tenth of the timeout, between 0.5 and 5 s (a file write each time)."""
+    return min(5.0, max(0.5, timeout_s / 10))
+
+
+def beat_path(folder: Path, rank: int) -> Path:
+    return folder / f"rank-{rank:05d}"
+
+
+@dataclasses.dataclass
+class Beat:
+    """What one rank's file says."""
+
+    rank: int
+    host: str
+    pid: int
+    beat: int  # counts up with every write: a file that stops changing is a rank that stopped
+    step: int
+    phase: str
+    run: str  # "job/restart": a file left by an earlier run of the job is not this run's
+
+    @staticmethod
+    def read(path: Path) -> "Beat | None":
+        try:
+            return Beat(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):  # not written yet, or caught mid-write: the next look sees it
+            return None
+
+
+class Heartbeat:
+    """This rank's beating thread; the main thread sets ``step`` and ``phase`` (plain assignments, no lock)."""
+
+    def __init__(self, folder: Path, *, rank: int, run: str, interval_s: float):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path, self.interval_s = beat_path(folder, rank), interval_s
+        self.rank, self.run = rank, run
+        self.step, self.phase = 0, SETUP
+        self._count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat_forever, name="heartbeat", daemon=True)
+
+    def start(self) -> "Heartbeat":
+        self.write()
+        self._thread.start()
+        return self
+
+    def write(self) -> None:
+        self._count += 1
+        record = Beat(rank=self.rank, host=os.uname().nodename, pid=os.getpid(), beat=self._count, step=self.step,
+                      phase=self.phase, run=self.run)
+        # Written in place, not renamed: a rename per beat per rank is a metadata storm on a parallel file system.
+        # A reader that catches it half-written skips it (``Beat.read``).
+        with contextlib.suppress(OSError):  # a full disk must not kill this thread; the watchers will notice
+            with open(self.path, "w") as handle:
+                handle.write(json.dumps(dataclasses.asdict(record)))
+
+    def stop(self, phase: str = EXITED) -> None:
+        """The last beat (``exited``: this rank leaves on purpose, so its silence means nothing)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2 * self.interval_s)
+        self.phase = phase
+        self.write()
+
+    def _beat_forever(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.write()
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """Why the job must end: ``silent`` ranks (no beat for ``seconds``) or a ``stalled`` job (no step ended)."""
+
+    kind: str  # "silent" or "stalled"
+    ranks: tuple[int, ...]  # the suspects (none: a stall with every rank at the same step)
+    hosts: tuple[str, ...]  # their nodes
+    step: int  # the lowest step any rank reported
+    seconds: float
+
+    def describe(self) -> str:
+        who = ", ".join(f"rank {r} on {h}" for r, h in zip(self.ranks, self.hosts))
+        if self.kind == "silent":
+            return f"{who} sent no heartbeat for {self.seconds:.0f} s (frozen, dead, or its node lost)"
+        if who:
+            return f"no step ended for {self.seconds:.0f} s; {who} stayed behind the others, at step {self.step}"
+        return f"no step ended for {self.seconds:.0f} s, every rank at step {self.step} (a collective hangs)"
+
+
+class Watch:
+    """Reads the beats of ``ranks`` and judges them; ``check`` returns a ``Verdict`` or None."""
+
+    def __init__(self, folder: Path, *, ranks: list[int], run: str, timeout_s: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.folder, self.ranks, self.run, self.timeout_s, self.clock = folder, ranks, run, timeout_s, clock
+        began = clock()
+        self._seen: dict[int, tuple[int, float]] = {r: (-1, began) for r in ranks}  # rank -> (beat, when it changed)
+        self._moved: tuple[tuple[int, ...], float] = ((), began)  # (every rank's step, when that last changed)
+        self.beats: dict[int, Beat] = {}
+
+    def check(self) -> Verdict | None:
+        now = self.clock()
+        for rank in self.ranks:
+            beat = Beat.read(beat_path(self.folder, rank))
+            if beat is None or beat.run != self.run:
+                continue
+            self.beats[rank] = beat
+            if beat.beat != self._seen[rank][0]:
+                self._seen[rank] = (beat.beat, now)
+        live = [r for r in self.ranks if not (r in self.beats and self.beats[r].phase == EXITED)]
+        silent = [r for r in live if now - self._seen[r][1] > self.timeout_s]
+        if silent:
+            return Verdict("silent", tuple(silent), tuple(self._host(r) for r in silent), self._lowest_step(),
+                           now - min(self._seen[r][1] for r in silent))
+        steps = tuple(self.beats[r].step if r in self.beats else -1 for r in self.ranks)
+        if steps != self._moved[0] or not all(r in self.beats and self.beats[r].phase == TRAINING
+                                               for r in self.ranks):
+            self._moved = (steps, now)  # a rank set up, saving or ending is not stalled: its clock starts again
+            return None
+        if now - self._moved[1] <= self.timeout_s:
+            return None
+        behind = [r for r in self.ranks if self.beats[r].step == min(steps)] if len(set(steps)) > 1 else []
+        return Verdict("stalled", tuple(behind), tuple(self._host(r) for r in behind), min(steps),
+                       now - self._moved[1])
+
+    def _gone_from_here(self, rank: int) -> bool:
+        """A rank of this node whose process is gone (no need to wait for its silence)."""
+        beat = self.beats.get(rank)
+        return beat is not None and beat.host == os.uname().nodename and not os.path.exists(f"/proc/{beat.pid}")
+
+    def _host(self, rank: int) -> str:
+        beat = self.beats.get(rank)
+        return beat.host if beat is not None else "?"
+
+    def _lowest_step(self) -> int:
+        return min((b.step for b in self.beats.values()), default=0)
+
+    def silent_now(self, *, within_s: float) -> list[int]:
+        """The ranks that stopped beating: read the files until one of them has not changed for ``within_s``
+        (two beats or more) while the others did, or ``within_s`` passed twice. What a rank that saw a peer fail
+        asks before it leaves, to name the peer."""
+        deadline = self.clock() + 2 * within_s
+        while self.clock() < deadline:
+            self.check()
+            now = self.clock()
+            quiet = [r for r in self.ranks if not (r in self.beats and self.beats[r].phase == EXITED)
+                     and (now - self._seen[r][1] > within_s or self._gone_from_here(r))]
+            if quiet:
+                return quiet
+            time.sleep(min(0.2, within_s / 4))
+        return []
