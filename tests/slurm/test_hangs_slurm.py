@@ -60,3 +60,24 @@ def test_a_frozen_rank_ends_the_job_in_time_and_the_requeued_job_runs_without_it
     assert events_named(tmp_path, "requeued")[0]["excluded"] == [node]
     assert node in nodes_of_run(tmp_path, 0) and node not in nodes_of_run(tmp_path, 1)
     assert summary["param_digest"] == reference(*RUN)
+
+
+def test_a_node_that_kills_its_rank_is_kept_out_and_the_job_ends_as_an_uninterrupted_run(tmp_path, reference):  # noqa: F811
+    # The model's process dies whenever it runs on the node named in crash_node (from the test, once the job runs).
+    # With one retry in the budget, the job can end well only if that node is not given to it again.
+    crash_node = tmp_path / "crash_node"
+    work = (*RUN, "model._target_=tests.scripts.crashing_model.make_model", f"model.crash_file={crash_node}",
+            "model.after=300", "requeue.failure=1", "distributed.hang_timeout_s=30")
+    job = submit(tmp_path / "run", *work)
+    wait_until(lambda: last_step(tmp_path / "run") >= 300, timeout=120, what="step 300")
+    node = nodes_of_run(tmp_path / "run", 0)[1]  # rank 1's
+    crash_node.write_text(node)
+    crashed_at = time.monotonic()
+    wait_until(lambda: events_named(tmp_path / "run", "requeued"), timeout=90, what="the retry")
+    print(f"rank 1 on {node} killed; requeued {time.monotonic() - crashed_at:.1f} s after the crash file appeared")
+    summary = wait_finished(job, tmp_path / "run", timeout=300)
+    failed = [e for e in events_named(tmp_path / "run", "failed") if e.get("suspects")]
+    assert failed and failed[0]["rank"] == 0 and failed[0]["kind"] == "peer" and failed[0]["suspects"] == [node]
+    assert [e["nodes"] for e in events_named(tmp_path / "run", "excluded")] == [[node]]
+    assert node not in nodes_of_run(tmp_path / "run", 1)
+    assert summary["param_digest"] == reference(*work)
