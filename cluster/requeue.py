@@ -27,7 +27,7 @@ SIGNAL_SLACK_S = 90
 
 # cause of a stop or a restart -> the budget it spends ("requested": a command that exited with EXIT_REQUEUE)
 BUDGET_OF = {"preemption": "preemption", "signal": "preemption", "time-limit": "time_limit",
-             "failure": "failure", "hang": "failure", "lost": "failure", "requested": "preemption"}
+             "failure": "failure", "hang": "failure", "health": "failure", "lost": "failure", "requested": "preemption"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,7 +50,8 @@ class JobPlan:
     loss: Target
     optim: OptimConfig
     strategy: StrategyConfig
-    cluster: ClusterConfig  # where ranks run (cluster=slurm: its name, wait and dry_run; resources in ``slurm``)
+    cluster: ClusterConfig  # where ranks run (cluster=slurm: its name, wait, dry_run, health_check; resources in
+    # ``slurm``)
     distributed: DistributedConfig
     train: TrainConfig
     requeue: RequeueBudget = RequeueBudget()  # how often the job may come back, per cause
@@ -163,7 +164,8 @@ def plan_from_tree(tree: dict[str, Any]) -> JobPlan:
     if cluster.get("name") == "slurm":
         settings = build(SlurmCluster, "cluster")
         slurm = settings.resources()
-        where = ClusterConfig(name="slurm", wait=settings.wait, dry_run=settings.dry_run)
+        where = ClusterConfig(name="slurm", wait=settings.wait, dry_run=settings.dry_run,
+                              health_check=settings.health_check)
     else:
         where = build(ClusterConfig, "cluster")
     code = {group: Target.from_config(group, tree.get(group)) for group in ("model", "data", "loss")}

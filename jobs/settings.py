@@ -100,6 +100,7 @@ class ClusterConfig:
     timeout_min: float = 60.0  # local: wall-clock limit of the run, in minutes
     wait: bool = False  # slurm only (see SlurmCluster)
     dry_run: bool = False  # slurm only (see SlurmCluster)
+    health_check: bool = False  # slurm only (see SlurmCluster)
     signal_lead_s: int = 30  # local: seconds before timeout_min at which ranks get USR2 (rehearses a time limit)
 
     def __post_init__(self) -> None:
@@ -121,6 +122,7 @@ class SlurmCluster(SlurmResources):
     additional: dict[str, str] = dataclasses.field(default_factory=dict)  # type: ignore[assignment]  # further sbatch options ({mail-type: END})
     wait: bool = False  # stay until the job ends and print its summary (default: return at once)
     dry_run: bool = False  # print the sbatch script and the rank layout, submit nothing
+    health_check: bool = False  # check every node before training; keep a failing or far slower one out, requeue
 
     def __post_init__(self) -> None:
         pass  # checked as the SlurmResources made from it (jobs.plan)

@@ -18,7 +18,7 @@ def run_task(plan: JobPlan, run_dir: Path, env: TaskEnvironment | None = None) -
     """
     cfg = plan.train
     with start(run_dir, env=env, backend=plan.rank_backend, timeout_s=plan.distributed.timeout_s,
-               hang_timeout_s=plan.distributed.hang_timeout_s,
+               hang_timeout_s=plan.distributed.hang_timeout_s, health_check=plan.cluster.health_check,
                checkpoint_every_steps=cfg.checkpoint_every_steps, checkpoint_every_min=cfg.checkpoint_every_min,
                keep_checkpoints=cfg.keep_checkpoints,
                async_checkpoint=cfg.async_checkpoint, requeue=plan.requeue, warning_signal=plan.stop_signal,

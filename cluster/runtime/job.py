@@ -256,7 +256,7 @@ def settings_from_environment() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def start(run_dir: str | os.PathLike[str] | None = None, *, backend: str = "auto", timeout_s: float = 600.0,
-          hang_timeout_s: float | None = None,
+          hang_timeout_s: float | None = None, health_check: bool | None = None,
           checkpoint_every_steps: int = 0, checkpoint_every_min: float = 30.0, keep_checkpoints: int = 3,
           async_checkpoint: bool = True,
           requeue: RequeueBudget | None = None, warning_signal: str | None = None,
@@ -276,6 +276,8 @@ def start(run_dir: str | os.PathLike[str] | None = None, *, backend: str = "auto
     and names them (``cluster.runtime.heartbeat``); ``timeout_s`` is only the collectives' own. An exception in
     the block is a failure: the job is retried within the failure budget where something restarts it (Slurm,
     the local executor), once a retry could help, without the nodes a failure implicated (``cluster.bad_nodes``).
+    ``health_check``: before training, check every node (``cluster.runtime.health``); a failing or far slower one
+    is kept out and the job requeued at once.
     ``spell`` names settings in messages (``cluster.errors``).
     """
     given = settings_from_environment()
@@ -310,6 +312,8 @@ def start(run_dir: str | os.PathLike[str] | None = None, *, backend: str = "auto
         job = Job(env, joined.device, folder, supervisor, writer, checkpoint_every_steps=checkpoint_every_steps,
                   checkpoint_every_min=checkpoint_every_min, config=config or {}, allow_changes=allow_changes)
         try:
+            if health_check if health_check is not None else given.get("health_check", False):
+                supervisor.check_health(joined.device)
             yield job
             if not job.finished:
                 job.finish()

@@ -28,7 +28,7 @@ from cluster.bad_nodes import (
     remembered,
 )
 from cluster.environment import TaskEnvironment
-from cluster.errors import RunDirectoryBusyError, one_line, spelled
+from cluster.errors import ClusterError, RunDirectoryBusyError, literal, one_line, spelled
 from cluster.requeue import (
     EXIT_INTERRUPTED,
     EXIT_REQUEUE,
@@ -44,6 +44,7 @@ from cluster.requeue import (
 )
 from cluster.rundir import EventLog, RunDir, check_unclaimed, claim, read_events
 from cluster.runtime.checkpoint_writer import SaveResult
+from cluster.runtime.health import check_all, unhealthy
 from cluster.runtime.heartbeat import (
     BUSY,
     EXITED,
@@ -64,6 +65,10 @@ from cluster.warning_signals import StopFlag
 
 class BudgetSpentError(RuntimeError):
     """The job would come back once more than its requeue budget allows."""
+
+
+class HealthCheckError(ClusterError, RuntimeError):
+    """The node check before training failed where no other node can take over."""
 
 
 def is_peer_failure(error: BaseException) -> bool:
@@ -239,14 +244,14 @@ class Supervisor:
                      + ", ".join(f"{node}: {state}" for node, state in sorted(lost.items())) + ")")
             self.bad_nodes |= set(lost)
 
-    def _exclusions(self, suspects: list[str]) -> list[str]:
+    def _exclusions(self, suspects: list[str], *, reason: str = "implicated in this run's failure") -> list[str]:
         """Record the ``suspects`` as bad nodes; every node the next run must not get (BudgetSpentError when too few
         are left for the job)."""
         if self.env.started_by != "slurm" or not self.budget.exclude_bad_nodes:
             return []
         new = sorted(set(suspects) - self.bad_nodes)
         if new:
-            remember(self.run_dir, self.log, new, reason="implicated in this run's failure")
+            remember(self.run_dir, self.log, new, reason=reason)
             self.bad_nodes |= set(new)
         if not self.bad_nodes:
             return []
@@ -260,7 +265,8 @@ class Supervisor:
             self._give_up(error.phrase(self.spell))
         return sorted(keep_out)
 
-    def _come_back(self, cause: str, step: int | None, text: str, *, suspects: list[str]) -> int:
+    def _come_back(self, cause: str, step: int | None, text: str, *, suspects: list[str],
+                   why: str = "implicated in this run's failure") -> int:
         """Requeue after a failure (without the bad nodes) when the budget allows; the exit code, or
         BudgetSpentError."""
         if self.env.started_by not in REQUEUEABLE:
@@ -269,8 +275,32 @@ class Supervisor:
         allowed, phrase = budget_left(self.budget, self.history, cause, self.spell)
         if not allowed:
             self._give_up(f"{text}, and the {phrase}")
-        self._requeue(cause, step, phrase, exclude=self._exclusions(suspects))
+        self._requeue(cause, step, phrase, exclude=self._exclusions(suspects, reason=why))
         return EXIT_REQUEUE
+
+    def check_health(self, device: torch.device) -> None:
+        """``health_check``: every rank checks its node (``cluster.runtime.health``); a node that fails or is far
+        slower than the others is kept out and the job requeued before it trains (every rank leaves)."""
+        results = check_all(device)
+        bad = unhealthy(results)
+        if self.env.is_main:
+            best: dict[str, float] = {}
+            for result in results:
+                best[result.host] = max(best.get(result.host, 0.0), result.seconds)
+            self.log.record("health", ms={host: round(s * 1e3, 3) if s != float("inf") else None
+                                          for host, s in sorted(best.items())}, bad=bad)
+        if not bad:
+            return
+        reason = "; ".join(f"{host}: {why}" for host, why in sorted(bad.items()))
+        if self.env.started_by != "slurm":  # one machine: nowhere else to go
+            raise HealthCheckError(f"the health check failed ({literal(reason)}); this machine cannot train")
+        if self.env.is_main:
+            print(f"error: the health check failed ({reason}): requeueing the job without "
+                  f"{', '.join(sorted(bad))}", flush=True)
+            self._come_back("health", None, f"the health check failed ({reason})", suspects=sorted(bad),
+                            why="failed the health check")
+        self._stop_watching()
+        raise JobEnd(EXIT_REQUEUE)
 
     def _claim(self) -> str:
         """Rank 0 of a Slurm job claims the run directory for its job; why it may not (a template), or ""."""
@@ -334,7 +364,8 @@ class Supervisor:
             raise JobEnd(EXIT_INTERRUPTED)
         if cause[0] in ("requeued", "cancelled"):  # someone else ends this run; Slurm knows what comes next
             if self.env.is_main:
-                self.log.record(cause[0], step=step, reason=f"{cause[0]} from outside (scontrol/scancel)")
+                self.log.record(cause[0], step=step, reason=f"{cause[0]} by Slurm (a node it lost) or from outside "
+                                "(scontrol requeue, scancel)")
             raise JobEnd(0)
         if not allowed:
             self._give_up(f"stopped by {cause[0]} at step {step}, and the {phrase}")

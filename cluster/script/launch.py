@@ -78,6 +78,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hang-timeout-s", type=float, default=HANG_TIMEOUT_S, metavar="S",
                         help="a rank of a command using the API silent this long (or no step ending) ends the job "
                         f"and names it (default: {HANG_TIMEOUT_S:g})")
+    parser.add_argument("--health-check", action="store_true",
+                        help="before a command using the API trains, check every node (a matrix multiply, an "
+                        "all-reduce); keep a failing or far slower one out and requeue")
     parser.add_argument("--local", type=int, default=0, metavar="N",
                         help="run N ranks on this machine instead, in the foreground (Ctrl-C stops them)")
     parser.add_argument("--run-dir", type=Path, default=None,
@@ -123,10 +126,10 @@ def default_run_dir(command: Sequence[str]) -> Path:
 
 
 def settings_for(resources: SlurmResources, budget: RequeueBudget, *,
-                 hang_timeout_s: float = HANG_TIMEOUT_S) -> dict[str, Any]:
+                 hang_timeout_s: float = HANG_TIMEOUT_S, health_check: bool = False) -> dict[str, Any]:
     """What the command's ``cluster.start`` gets (``cluster.environment.SETTINGS_VARIABLE``)."""
     return {"signal": resources.signal, "signal_lead_s": resources.signal_lead_s,
-            "requeue": dataclasses.asdict(budget), "hang_timeout_s": hang_timeout_s}
+            "requeue": dataclasses.asdict(budget), "hang_timeout_s": hang_timeout_s, "health_check": health_check}
 
 
 def run(argv: Sequence[str]) -> int:
@@ -151,12 +154,13 @@ def run(argv: Sequence[str]) -> int:
         rundir.check_writable(run_dir, setting="run_dir")
         try:
             return run_local(command, ranks=args.local, run_dir=run_dir, budget=budget,
-                             settings=settings_for(resources, budget, hang_timeout_s=args.hang_timeout_s))
+                             settings=settings_for(resources, budget, hang_timeout_s=args.hang_timeout_s,
+                                                 health_check=args.health_check))
         except Interrupted as stop:  # a second Ctrl-C
             print(interrupted_message(run_dir, stop, since=0), file=sys.stderr)
             return EXIT_INTERRUPTED
     check_setup(resources)
-    settings = settings_for(resources, budget, hang_timeout_s=args.hang_timeout_s)
+    settings = settings_for(resources, budget, hang_timeout_s=args.hang_timeout_s, health_check=args.health_check)
     log_dir = RunDir(run_dir).logs.resolve()
     if args.dry_run:
         print(render_sbatch(resources, folder=log_dir))
