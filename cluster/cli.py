@@ -49,6 +49,11 @@ def status(args: argparse.Namespace) -> int:
     for s in statuses:
         if s.error:
             print(f"member {s.member.index} {s.state}: {s.error}")
+        if s.hangs:
+            print(f"member {s.member.index} hung at {s.hangs[-1]}" + (f" ({len(s.hangs)} hangs)" if len(s.hangs) > 1
+                                                                      else ""))
+        if s.bad_nodes:
+            print(f"member {s.member.index} keeps out bad node(s): {', '.join(s.bad_nodes)}")
     print(f"{len(statuses)} member(s): " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
           + f" (states from {source})")
     return exit_code(statuses)

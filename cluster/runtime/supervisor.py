@@ -198,6 +198,7 @@ class Supervisor:
         self.log.record("hung", kind=verdict.kind, ranks=list(verdict.ranks), nodes=list(verdict.hosts),
                         step=verdict.step, seconds=round(verdict.seconds, 1), reason=reason)
         print(f"error: {reason}: ending the job", flush=True)
+        note_on_job(self.env, f"hung: {reason}"[:240])
         try:
             code = self._come_back("hang", verdict.step, reason, suspects=[h for h in verdict.hosts if h != "?"])
         except BudgetSpentError as spent:

@@ -32,12 +32,14 @@ class MemberStatus:
     elapsed: str  # run time as Slurm tells it ("" when unknown)
     error: str  # the end of the member's error when it failed
     ranks: list[int] = dataclasses.field(default_factory=list)  # world size of each start that changed it, in order
+    hangs: list[str] = dataclasses.field(default_factory=list)  # "step N: who was silent" for each hang, in order
+    bad_nodes: list[str] = dataclasses.field(default_factory=list)  # nodes its failures implicated: kept out
 
     def as_dict(self) -> dict[str, Any]:
         return {"member": self.member.index, "overrides": self.member.overrides, "state": self.state,
                 "restarts": self.restarts, "step": self.step, "steps": self.member.steps, "loss": self.loss,
                 "elapsed": self.elapsed, "error": self.error, "job": self.member.slurm_id, "ranks": self.ranks,
-                "run_dir": self.member.run_dir}
+                "hangs": self.hangs, "bad_nodes": self.bad_nodes, "run_dir": self.member.run_dir}
 
 
 def from_run_dir(run_dir: Path) -> str:
@@ -66,7 +68,9 @@ def member_status(member: Member, slurm: dict[str, tuple[str, str]]) -> MemberSt
     error = ""
     if state in ENDED_BADLY and failures:
         error = (failures[-1].get("error") or failures[-1]["reason"]).strip().splitlines()[-1]
-    return MemberStatus(member, state, restarts, step, loss, elapsed, error, world_sizes(events))
+    hangs = [f"step {e.get('step')}: {e.get('reason', '')}" for e in events if e["event"] == "hung"]
+    bad_nodes = sorted({node for e in events if e["event"] == "excluded" for node in e.get("nodes", [])})
+    return MemberStatus(member, state, restarts, step, loss, elapsed, error, world_sizes(events), hangs, bad_nodes)
 
 
 def world_sizes(events: list[dict[str, Any]]) -> list[int]:

@@ -5,6 +5,7 @@ digest of an uninterrupted run."""
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -62,6 +63,10 @@ def test_a_frozen_rank_ends_the_job_in_time_and_the_requeued_job_runs_without_it
     assert events_named(tmp_path, "requeued")[0]["excluded"] == [node]
     assert node in nodes_of_run(tmp_path, 0) and node not in nodes_of_run(tmp_path, 1)
     assert summary["param_digest"] == reference(*RUN)
+    status = subprocess.run([sys.executable, "-m", "cluster", "status", str(tmp_path)], cwd=REPO, capture_output=True,
+                            text=True, timeout=60).stdout
+    assert f"hung at step {hung[0]['step']}: rank 0 on {node} sent no heartbeat for" in status, status
+    assert f"keeps out bad node(s): {node}" in status, status
 
 
 def test_a_node_that_kills_its_rank_is_kept_out_and_the_job_ends_as_an_uninterrupted_run(tmp_path, reference):
