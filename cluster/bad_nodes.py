@@ -7,11 +7,13 @@ many that the job no longer fits its partition: then the job ends and says so (`
 """
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from cluster.errors import ClusterError, literal
 from cluster.rundir import EventLog, read_events
+from cluster.slurm import commands
 from cluster.slurm.hostlist import expand_hostlist
 
 EVENT = "excluded"
@@ -68,3 +70,22 @@ def fewest_nodes(num_nodes: str) -> int:
 def excluded_by_user(exc_node_list: str) -> set[str]:
     """The nodes the job's own ``--exclude`` named (``scontrol``'s ExcNodeList; ``(null)``: none)."""
     return set(expand_hostlist(exc_node_list)) if exc_node_list and exc_node_list != "(null)" else set()
+
+
+def lost_by_slurm(history: Sequence[Mapping[str, Any]], *, job: str, restart: int) -> dict[str, str]:
+    """The nodes of the previous run of ``job`` that Slurm has since lost (down, not responding), with their
+    state: bad nodes too, even when the job came back without a word about them."""
+    previous = [e for e in history if e.get("event") == "started" and e.get("job") == job
+                and e.get("restart") == restart - 1 and e.get("nodelist")]
+    return commands.unhealthy_nodes(expand_hostlist(previous[-1]["nodelist"])) if previous else {}
+
+
+def keep_out(bad: set[str], job_id: str) -> list[str]:
+    """Every node the job's next run must not get: ``bad`` and those its own ``--exclude`` names.
+    ``NoNodesLeftError`` when too few of its partition's nodes are left for it."""
+    fields = commands.job_fields(job_id)
+    nodes = bad | excluded_by_user(fields.get("ExcNodeList", ""))
+    partition = fields.get("Partition", "")
+    check_fit(nodes, partition=partition, partition_nodes=commands.partition_nodes(partition),
+              needed=fewest_nodes(fields.get("NumNodes", "")))
+    return sorted(nodes)

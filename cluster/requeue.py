@@ -21,6 +21,9 @@ from cluster.slurm import commands
 EXIT_REQUEUE = 144
 # A run stopped by Ctrl-C ends as a shell says a command killed by SIGINT did (128 + 2), saved and not requeued.
 EXIT_INTERRUPTED = 130
+# A rank silent this long (or no step ending on any rank) ends the job by default (``cluster.runtime.heartbeat``):
+# longer than any step or save of the library's own, far shorter than a collective's timeout (600 s).
+HANG_TIMEOUT_S = 300.0
 # Slurm checks signal times on a coarse timer: a warning asked for N s before the end came here
 # between N + 4 s and N - 18 s before it. A warning this close to the end is the time limit's.
 SIGNAL_SLACK_S = 90

@@ -14,8 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cluster.errors import SettingError, require_one_of, require_positive
-from cluster.requeue import RequeueBudget
-from cluster.runtime.heartbeat import HANG_TIMEOUT_S
+from cluster.requeue import HANG_TIMEOUT_S, RequeueBudget
 from cluster.slurm.resources import SlurmResources
 
 STRATEGIES = ("ddp", "fsdp", "single", "pipeline", "hybrid")

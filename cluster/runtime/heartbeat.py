@@ -8,7 +8,8 @@ and phase; it keeps beating while the rank's main thread is blocked, and stops o
 is frozen (SIGSTOP, a node gone into swap), dead, or its node lost. ``Watch`` reads the files and
 says, on the reader's own clock (the nodes' clocks never meet), which ranks stopped beating for
 ``timeout_s`` (``silent``), or whether every rank is training yet no step ended for ``timeout_s``
-(``stalled``: a collective deadlock; the ranks behind the others are the suspects). Files on the
+(``stalled``: a collective deadlock; the ranks behind the others are the suspects). ``Watchman`` is one
+rank's part: its heartbeat and its watching thread, which the supervisor asks to act. Files on the
 shared file system, not the job's TCP store: the store lives in rank 0's process, which may be the
 frozen one. Torch-free.
 """
@@ -17,12 +18,11 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-
-HANG_TIMEOUT_S = 300.0  # the default: longer than any step or save of the library's, far shorter than a collective's
 
 # Phases a rank reports. "training": between two step boundaries (the only phase a stall is judged in);
 # "busy": a long step of the library's own (a checkpoint's copy, the end); "exited": it left on purpose.
@@ -179,3 +179,84 @@ class Watch:
                 return quiet
             time.sleep(min(0.2, within_s / 4))
         return []
+
+
+class Watchman:
+    """One rank's part: its ``Heartbeat``, and a thread that watches (rank 0: every rank; the others: rank 0, which
+    may be the one to freeze) and calls ``on_hang(verdict, beats)`` once, from that thread, on a hang."""
+
+    def __init__(self, folder: Path, *, rank: int, world_size: int, run: str, timeout_s: float,
+                 on_hang: Callable[[Verdict, dict[int, Beat]], None]):
+        self.folder, self.rank, self.world_size, self.run, self.timeout_s = folder, rank, world_size, run, timeout_s
+        self.interval_s = interval_for(timeout_s)
+        self.heartbeat = Heartbeat(folder, rank=rank, run=run, interval_s=self.interval_s)
+        self._on_hang = on_hang
+        self._watching = threading.Event()
+
+    def start(self) -> "Watchman":
+        self.heartbeat.start()
+        watch = Watch(self.folder, ranks=list(range(self.world_size)) if self.rank == 0 else [0], run=self.run,
+                      timeout_s=self.timeout_s)
+        self._watching.set()
+
+        def watch_forever() -> None:
+            while self._watching.is_set():
+                time.sleep(self.interval_s)
+                verdict = watch.check() if self._watching.is_set() else None
+                if verdict is not None:
+                    self._on_hang(verdict, watch.beats)
+                    return
+
+        threading.Thread(target=watch_forever, name="hang-watch", daemon=True).start()
+        return self
+
+    def step(self, step: int) -> None:
+        """A step ended: the beats carry it (the watchers judge stalls by it)."""
+        self.heartbeat.step, self.heartbeat.phase = step, TRAINING
+
+    def phase(self, phase: str) -> None:
+        """What this rank does now: ``TRAINING`` between steps, ``BUSY`` in a long step of the library's own."""
+        self.heartbeat.phase = phase
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """A long step of the library's own inside training (a save's copy): no stall while it lasts."""
+        previous, self.heartbeat.phase = self.heartbeat.phase, BUSY
+        try:
+            yield
+        finally:
+            self.heartbeat.phase = previous
+
+    def stop(self) -> None:
+        """This rank leaves on purpose: no more watching, and a last beat that says so."""
+        self._watching.clear()
+        self.heartbeat.stop(EXITED)
+
+    @property
+    def verdict_file(self) -> Path:
+        """Created by the first watcher to find this run hung: the others (and a rank that wakes from a freeze as
+        Slurm ends the job) leave the decision to it."""
+        return self.folder / f"verdict-{self.run.replace('/', '-')}"
+
+    def claim_verdict(self) -> bool:
+        """Whether this rank is the one to act on the hang."""
+        try:
+            os.close(os.open(self.verdict_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
+
+    def suspects(self) -> list[str]:
+        """After a peer's failure: the nodes of the ranks that stopped beating (died) rather than left."""
+        watch = Watch(self.folder, ranks=list(range(self.world_size)), run=self.run, timeout_s=self.timeout_s)
+        quiet = watch.silent_now(within_s=2 * self.interval_s + 0.5)
+        return sorted({watch.beats[r].host for r in quiet if r in watch.beats})
+
+
+def kill_ranks_here(beats: dict[int, Beat]) -> None:
+    """SIGKILL the other ranks of this node (every rank of a local run), a frozen one included."""
+    here = os.uname().nodename
+    for beat in beats.values():
+        if beat.host == here and beat.pid != os.getpid():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(beat.pid, signal.SIGKILL)

@@ -40,7 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from cluster.environment import RUN_DIR_VARIABLE, SETTINGS_VARIABLE, TaskEnvironment, detect_environment
 from cluster.errors import ClusterError, SettingError
-from cluster.requeue import JobEnd, RequeueBudget
+from cluster.requeue import HANG_TIMEOUT_S, JobEnd, RequeueBudget
 from cluster.rundir import RunDir
 from cluster.runtime.checkpoint import (
     check_compatible,
@@ -51,7 +51,7 @@ from cluster.runtime.checkpoint import (
     saved_keys,
 )
 from cluster.runtime.checkpoint_writer import CheckpointWriter, SaveFailedError
-from cluster.runtime.heartbeat import BUSY, HANG_TIMEOUT_S
+from cluster.runtime.heartbeat import BUSY, Watchman
 from cluster.runtime.process_group import process_group
 from cluster.runtime.rng import capture_rng_state, restore_rng_state
 from cluster.runtime.supervisor import BudgetSpentError, Supervisor
@@ -115,6 +115,11 @@ class Job:
         """The gloo group checkpoints are written over (their own, so a background save never races training)."""
         return self.writer.group
 
+    @property
+    def _watchman(self) -> Watchman:
+        assert self.supervisor.watchman is not None  # Supervisor.start made it, before any Job
+        return self.supervisor.watchman
+
     def last_checkpoint(self) -> Path | None:
         """The newest complete checkpoint of the run directory (what a resume would load), or None."""
         return latest_checkpoint(self.writer.root)
@@ -162,7 +167,7 @@ class Job:
         """Count one completed optimizer step; whether all ranks agreed to stop at this boundary (a warning
         reached one of them). When True, ``save`` and then ``hand_over``."""
         self.step += 1
-        self.supervisor.heartbeat_step(self.step)
+        self._watchman.step(self.step)
         wanted = 0 < self.checkpoint_every_min * 60 <= time.monotonic() - self._saved_at
         return self.supervisor.should_stop(self.step, save_wanted=wanted)
 
@@ -174,14 +179,14 @@ class Job:
 
     def save(self, state: Mapping[str, Any]) -> None:
         """Save ``state`` as this step's checkpoint, in the background (the copy is taken now)."""
-        with self.supervisor.busy():  # the copy of a big state may take longer than a step: no hang
+        with self._watchman.busy():  # the copy of a big state may take longer than a step: no hang
             self.writer.save(self._state_dicts(state, with_rng=True), self.step, self.meta())
         self._saved_step, self._saved_at = self.step, time.monotonic()
 
     def hand_over(self) -> NoReturn:
         """After a stop was agreed and saved: wait for the save, requeue within the budgets, leave (``JobEnd``,
         a ``SystemExit`` whose code says whether the job comes back)."""
-        self.supervisor.phase(BUSY)  # waiting for the last save
+        self._watchman.phase(BUSY)  # waiting for the last save
         self.writer.close()
         self.supervisor.stopped(self.step)
         raise AssertionError("the supervisor ends the task")  # pragma: no cover
@@ -199,7 +204,7 @@ class Job:
         save raises ``SaveFailedError``), and record the end."""
         if state is not None and self._saved_step != self.step:
             self.save(state)
-        self.supervisor.phase(BUSY)  # waiting for the last save
+        self._watchman.phase(BUSY)  # waiting for the last save
         self.writer.check_last()
         self.supervisor.finished(self.step)
         self.finished = True

@@ -6,32 +6,23 @@ its budget, requeues, and ends the task with ``JobEnd``. Failures go through ``f
 decides between a retry and the end without talking to other ranks (they may be dead).
 """
 
-import contextlib
 import datetime
 import os
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from cluster.bad_nodes import (
-    NODE_FAULTS,
-    NoNodesLeftError,
-    check_fit,
-    excluded_by_user,
-    fewest_nodes,
-    remember,
-    remembered,
-)
+from cluster.bad_nodes import NODE_FAULTS, NoNodesLeftError, keep_out, lost_by_slurm, remember, remembered
 from cluster.environment import TaskEnvironment
 from cluster.errors import ClusterError, RunDirectoryBusyError, literal, one_line, spelled
 from cluster.requeue import (
     EXIT_INTERRUPTED,
     EXIT_REQUEUE,
+    HANG_TIMEOUT_S,
     REQUEUEABLE,
     JobEnd,
     RequeueBudget,
@@ -45,21 +36,10 @@ from cluster.requeue import (
 from cluster.rundir import EventLog, RunDir, check_unclaimed, claim, read_events
 from cluster.runtime.checkpoint_writer import SaveResult
 from cluster.runtime.health import check_all, unhealthy
-from cluster.runtime.heartbeat import (
-    BUSY,
-    EXITED,
-    HANG_TIMEOUT_S,
-    TRAINING,
-    Beat,
-    Heartbeat,
-    Verdict,
-    Watch,
-    interval_for,
-)
+from cluster.runtime.heartbeat import Beat, Verdict, Watchman, kill_ranks_here
 from cluster.runtime.stop_vote import StopVote
 from cluster.slurm import commands
 from cluster.slurm.commands import own_job_id
-from cluster.slurm.hostlist import expand_hostlist
 from cluster.warning_signals import StopFlag
 
 
@@ -107,8 +87,7 @@ class Supervisor:
         self.step: int | None = None  # the last step boundary (or the step resumed from)
         self.stepped = False  # whether a training step has ended in this run (set-up errors come before)
         self.bad_nodes = remembered(run_dir) if budget.exclude_bad_nodes else set()  # kept out of the next runs
-        self.heartbeat: Heartbeat | None = None
-        self._watching = threading.Event()  # cleared: the hang watcher stops
+        self.watchman: Watchman | None = None  # this rank's heartbeat and hang watcher, from start() on
 
     def start(self) -> None:
         """Record this run; end it at once when the previous one was lost and the failure budget is spent."""
@@ -138,61 +117,22 @@ class Supervisor:
             self._remember_lost_nodes()
         self._start_watching()
 
-    # --- hangs: heartbeats and their watcher (cluster.runtime.heartbeat) ---------------------------------------
-
-    def _run_name(self) -> str:
-        return f"{self.env.job_id}/{self.restart}"
+    # --- hangs (cluster.runtime.heartbeat) and bad nodes (cluster.bad_nodes) ---------------------------------
 
     def _start_watching(self) -> None:
-        """Beat from now on; rank 0 watches every rank, the others watch rank 0 (which may be the one to freeze)."""
-        folder, interval = RunDir(self.run_dir).heartbeats, interval_for(self.hang_timeout_s)
-        self.heartbeat = Heartbeat(folder, rank=self.env.rank, run=self._run_name(), interval_s=interval).start()
-        ranks = list(range(self.env.world_size)) if self.env.is_main else [0]
-        watch = Watch(folder, ranks=ranks, run=self._run_name(), timeout_s=self.hang_timeout_s)
-        self._watching.set()
-
-        def watch_forever() -> None:
-            while self._watching.is_set():
-                time.sleep(interval)
-                verdict = watch.check() if self._watching.is_set() else None
-                if verdict is not None:
-                    self._hung(verdict, watch.beats)
-                    return
-
-        threading.Thread(target=watch_forever, name="hang-watch", daemon=True).start()
-
-    def phase(self, phase: str) -> None:
-        """What this rank does now, for the watchers: ``heartbeat.TRAINING`` between steps, ``BUSY`` in a long step
-        of the library's own (a save's copy, the end), when a pause is no hang."""
-        if self.heartbeat is not None:
-            self.heartbeat.phase = phase
-
-    def heartbeat_step(self, step: int) -> None:
-        """A step ended: the beats carry it (the watchers judge stalls by it)."""
-        if self.heartbeat is not None:
-            self.heartbeat.step, self.heartbeat.phase = step, TRAINING
-
-    @contextlib.contextmanager
-    def busy(self) -> Iterator[None]:
-        """A long step of the library's own inside training: no stall while it lasts."""
-        previous = self.heartbeat.phase if self.heartbeat is not None else TRAINING
-        self.phase(BUSY)
-        try:
-            yield
-        finally:
-            self.phase(previous)
+        self.watchman = Watchman(RunDir(self.run_dir).heartbeats, rank=self.env.rank, world_size=self.env.world_size,
+                                 run=f"{self.env.job_id}/{self.restart}", timeout_s=self.hang_timeout_s,
+                                 on_hang=self._hung).start()
 
     def _stop_watching(self) -> None:
-        self._watching.clear()
-        if self.heartbeat is not None:
-            self.heartbeat.stop(EXITED)
+        if self.watchman is not None:
+            self.watchman.stop()
 
     def _hung(self, verdict: Verdict, beats: dict[int, Beat]) -> None:
         """The watcher's end of a hung job (its thread; the main thread is stuck): one rank records it, excludes the
         suspects' nodes, requeues within the failure budget, and ends every rank it can reach."""
-        try:
-            os.close(os.open(self._verdict(), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:  # another rank's watcher saw it first, and acts
+        assert self.watchman is not None
+        if not self.watchman.claim_verdict():  # another rank's watcher saw it first, and acts
             return
         reason = verdict.describe()
         self.log.record("hung", kind=verdict.kind, ranks=list(verdict.ranks), nodes=list(verdict.hosts),
@@ -208,38 +148,14 @@ class Supervisor:
                 commands.cancel_quietly(own_job_id())
             code = 1
         self._stop_watching()  # this rank leaves on purpose
-        here = os.uname().nodename
-        for beat in beats.values():  # the ranks of this node (all of a local run), the frozen one included
-            if beat.host == here and beat.pid != os.getpid():
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(beat.pid, signal.SIGKILL)
+        kill_ranks_here(beats)
         os._exit(code)
 
-    def _verdict(self) -> Path:
-        """The file the first watcher to find this run hung creates: the others (and ranks that wake up from a
-        freeze when Slurm ends the job) then leave the decision to it."""
-        return RunDir(self.run_dir).heartbeats / f"verdict-{self._run_name().replace('/', '-')}"
-
-    def _suspects(self) -> list[str]:
-        """After a peer's failure: the nodes of the ranks that stopped beating (died) rather than left."""
-        if self.heartbeat is None:
-            return []
-        watch = Watch(RunDir(self.run_dir).heartbeats, ranks=list(range(self.env.world_size)),
-                      run=self._run_name(), timeout_s=self.hang_timeout_s)
-        quiet = watch.silent_now(within_s=2 * self.heartbeat.interval_s + 0.5)
-        return sorted({watch.beats[r].host for r in quiet if r in watch.beats})
-
-    # --- bad nodes (cluster.bad_nodes) -------------------------------------------------------------------------
-
     def _remember_lost_nodes(self) -> None:
-        """Nodes of the previous run that Slurm has since lost (down, not responding) are bad nodes too."""
+        """Nodes of the previous run that Slurm has since lost are bad nodes too."""
         if self.env.started_by != "slurm" or not self.budget.exclude_bad_nodes:
             return
-        previous = [e for e in self.history if e.get("event") == "started" and e.get("job") == self.env.job_id
-                    and e.get("restart") == self.restart - 1 and e.get("nodelist")]
-        if not previous:
-            return
-        lost = commands.unhealthy_nodes(expand_hostlist(previous[-1]["nodelist"]))
+        lost = lost_by_slurm(self.history, job=self.env.job_id, restart=self.restart)
         if set(lost) - self.bad_nodes:
             remember(self.run_dir, self.log, lost, reason="Slurm lost it during the previous run ("
                      + ", ".join(f"{node}: {state}" for node, state in sorted(lost.items())) + ")")
@@ -256,15 +172,11 @@ class Supervisor:
             self.bad_nodes |= set(new)
         if not self.bad_nodes:
             return []
-        fields = commands.job_fields(own_job_id())
-        keep_out = self.bad_nodes | excluded_by_user(fields.get("ExcNodeList", ""))
-        partition = fields.get("Partition", "")
         try:
-            check_fit(keep_out, partition=partition, partition_nodes=commands.partition_nodes(partition),
-                      needed=fewest_nodes(fields.get("NumNodes", "")))
+            return keep_out(self.bad_nodes, own_job_id())
         except NoNodesLeftError as error:
             self._give_up(error.phrase(self.spell))
-        return sorted(keep_out)
+            raise  # pragma: no cover (_give_up raises)
 
     def _come_back(self, cause: str, step: int | None, text: str, *, suspects: list[str],
                    why: str = "implicated in this run's failure") -> int:
@@ -389,12 +301,13 @@ class Supervisor:
         text = one_line(error, self.spell)
         # The node to blame: a peer's that died without a word (its heartbeat stopped), or this one when the error
         # says its hardware failed.
-        suspects = self._suspects() if kind == "peer" and not self._verdict().exists() else (
+        decided = self.watchman is not None and self.watchman.verdict_file.exists()  # a watcher found a hang
+        suspects = self.watchman.suspects() if kind == "peer" and self.watchman and not decided else (
             [os.uname().nodename] if NODE_FAULTS.search(str(error)) else [])
         self.log.record("failed", kind=kind, step=step, error=text[:500], host=os.uname().nodename,
                         **({"suspects": suspects} if suspects else {}))
         self._stop_watching()  # this rank leaves on purpose: its silence from now on means nothing
-        if self.heartbeat is not None and self._verdict().exists():  # a watcher found the run hung and decided
+        if decided:  # the watcher that found the hang requeued the job, or ended it
             raise JobEnd(EXIT_REQUEUE) from error
         if self.env.started_by not in REQUEUEABLE:
             raise error  # nothing here restarts the job: torchrun's --max-restarts or the user decide

@@ -30,9 +30,8 @@ from cluster.by_name import ByName
 from cluster.environment import TaskEnvironment, variables_for
 from cluster.errors import ClusterError, SettingError, literal
 from cluster.local.interrupt import Interrupted, interrupted_message
-from cluster.requeue import EXIT_INTERRUPTED, RequeueBudget
+from cluster.requeue import EXIT_INTERRUPTED, HANG_TIMEOUT_S, RequeueBudget
 from cluster.rundir import EventLog, RunDir, read_events
-from cluster.runtime.heartbeat import HANG_TIMEOUT_S
 from cluster.script.task import CommandFailedError, command_environment, decide, ending_of, exit_cause
 from cluster.slurm.limits import check_against_cluster
 from cluster.slurm.resources import SlurmResources
