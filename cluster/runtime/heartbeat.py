@@ -165,7 +165,7 @@ class Watch:
     def _lowest_step(self) -> int:
         return min((b.step for b in self.beats.values()), default=0)
 
-    def silent_now(self, *, within_s: float) -> list[int]:
+    def silent_now(self, *, within_s: float, own_rank: int = -1) -> list[int]:
         """The ranks that stopped beating: read the files until one of them has not changed for ``within_s``
         (two beats or more) while the others did, or ``within_s`` passed twice. What a rank that saw a peer fail
         asks before it leaves, to name the peer."""
@@ -173,9 +173,9 @@ class Watch:
         while self.clock() < deadline:
             self.check()
             now = self.clock()
-            quiet = [r for r in self.ranks if not (r in self.beats and self.beats[r].phase == EXITED)
-                     and (now - self._seen[r][1] > within_s or self._gone_from_here(r))]
-            if quiet:
+            left = [r for r in self.ranks if not (r in self.beats and self.beats[r].phase == EXITED)]
+            quiet = [r for r in left if now - self._seen[r][1] > within_s or self._gone_from_here(r)]
+            if quiet or left == [own_rank]:  # every other rank said it left: nobody to blame
                 return quiet
             time.sleep(min(0.2, within_s / 4))
         return []
@@ -249,7 +249,7 @@ class Watchman:
     def suspects(self) -> list[str]:
         """After a peer's failure: the nodes of the ranks that stopped beating (died) rather than left."""
         watch = Watch(self.folder, ranks=list(range(self.world_size)), run=self.run, timeout_s=self.timeout_s)
-        quiet = watch.silent_now(within_s=2 * self.interval_s + 0.5)
+        quiet = watch.silent_now(within_s=2 * self.interval_s + 0.5, own_rank=self.rank)
         return sorted({watch.beats[r].host for r in quiet if r in watch.beats})
 
 

@@ -179,15 +179,15 @@ class Supervisor:
             raise  # pragma: no cover (_give_up raises)
 
     def _come_back(self, cause: str, step: int | None, text: str, *, suspects: list[str],
-                   why: str = "implicated in this run's failure") -> int:
+                   why: str = "implicated in this run's failure", error: BaseException | None = None) -> int:
         """Requeue after a failure (without the bad nodes) when the budget allows; the exit code, or
-        BudgetSpentError."""
+        BudgetSpentError (``error``: what this rank saw, if anything)."""
         if self.env.started_by not in REQUEUEABLE:
             self.log.record("failed", kind="final", reason=f"{text}; nothing here restarts the job")
             return 1
         allowed, phrase = budget_left(self.budget, self.history, cause, self.spell)
         if not allowed:
-            self._give_up(f"{text}, and the {phrase}")
+            self._give_up(f"{text}, and the {phrase}", error)
         self._requeue(cause, step, phrase, exclude=self._exclusions(suspects, reason=why))
         return EXIT_REQUEUE
 
@@ -317,10 +317,7 @@ class Supervisor:
                  and e.get("step") == step and e.get("error") == text[:500]]
         if kind == "exception" and again:
             self._give_up(f"the same exception at step {step} twice ({text[:500]})", error)
-        try:
-            self._come_back("failure", step, text[:500], suspects=suspects)
-        except BudgetSpentError as spent:
-            raise spent from error
+        self._come_back("failure", step, text[:500], suspects=suspects, error=error)
         raise JobEnd(EXIT_REQUEUE) from error
 
     def finished(self, step: int) -> None:

@@ -110,3 +110,21 @@ def test_too_many_bad_nodes_for_the_job_is_refused_with_the_way_out():
                                   "it found bad (node1,node2) are kept out; have them repaired, or run again with "
                                   "exclude_bad_nodes=false")
     assert fewest_nodes("2-4") == 2 and fewest_nodes("3") == 3
+
+
+def test_after_a_peer_failure_the_rank_that_stopped_beating_is_named_and_one_that_left_is_not(tmp_path):
+    import time
+
+    heart = Heartbeat(tmp_path, rank=0, run=RUN, interval_s=0.05).start()  # this rank, beating
+    try:
+        write(tmp_path, 1, beat=7, step=3)  # a rank that died: its file never changes again
+        write(tmp_path, 2, beat=9, step=3, phase=EXITED)  # a rank that left on purpose
+        began = time.monotonic()
+        assert Watch(tmp_path, ranks=[0, 1, 2], run=RUN, timeout_s=20).silent_now(within_s=0.3, own_rank=0) == [1]
+        assert 0.3 < time.monotonic() - began < 2
+        write(tmp_path, 1, beat=8, step=3, phase=EXITED)
+        began = time.monotonic()
+        assert Watch(tmp_path, ranks=[0, 1, 2], run=RUN, timeout_s=20).silent_now(within_s=5, own_rank=0) == []
+        assert time.monotonic() - began < 1  # everyone else left: nobody to wait for
+    finally:
+        heart.stop()
