@@ -66,6 +66,7 @@ class Heartbeat:
         self.path, self.interval_s = beat_path(folder, rank), interval_s
         self.rank, self.run = rank, run
         self.step, self.phase = 0, SETUP
+        self.failing = False  # whether the last write failed (a full or unreachable file system)
         self._count = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat_forever, name="heartbeat", daemon=True)
@@ -81,9 +82,12 @@ class Heartbeat:
                       phase=self.phase, run=self.run)
         # Written in place, not renamed: a rename per beat per rank is a metadata storm on a parallel file system.
         # A reader that catches it half-written skips it (``Beat.read``).
-        with contextlib.suppress(OSError):  # a full disk must not kill this thread; the watchers will notice
+        try:
             with open(self.path, "w") as handle:
                 handle.write(json.dumps(dataclasses.asdict(record)))
+            self.failing = False
+        except OSError:  # a full disk must not kill this thread; the watchers then trust no file (``Watchman``)
+            self.failing = True
 
     def stop(self, phase: str = EXITED) -> None:
         """The last beat (``exited``: this rank leaves on purpose, so its silence means nothing)."""
@@ -127,6 +131,12 @@ class Watch:
         self._seen: dict[int, tuple[int, float]] = {r: (-1, began) for r in ranks}  # rank -> (beat, when it changed)
         self._moved: tuple[tuple[int, ...], float] = ((), began)  # (every rank's step, when that last changed)
         self.beats: dict[int, Beat] = {}
+
+    def forget(self) -> None:
+        """Start every clock again from now (after a time the files could not be trusted)."""
+        now = self.clock()
+        self._seen = {r: (beat, now) for r, (beat, _) in self._seen.items()}
+        self._moved = (self._moved[0], now)
 
     def check(self) -> Verdict | None:
         now = self.clock()
@@ -202,6 +212,9 @@ class Watchman:
         def watch_forever() -> None:
             while self._watching.is_set():
                 time.sleep(self.interval_s)
+                if self.heartbeat.failing:  # beats this rank cannot write, the others cannot either: their
+                    watch.forget()  # silence says nothing until the file system takes writes again
+                    continue
                 verdict = watch.check() if self._watching.is_set() else None
                 if verdict is not None:
                     self._on_hang(verdict, watch.beats)

@@ -73,7 +73,7 @@ def test_a_node_that_kills_its_rank_is_kept_out_and_the_job_ends_as_an_uninterru
     # The model's process dies whenever it runs on the node named in crash_node (from the test, once the job runs).
     # With one retry in the budget, the job can end well only if that node is not given to it again.
     crash_node = tmp_path / "crash_node"
-    work = (*RUN, "model._target_=tests.scripts.crashing_model.make_model", f"model.crash_file={crash_node}",
+    work = (*RUN, "model._target_=tests.scripts.faulty_node.make_model", f"model.crash_file={crash_node}",
             "model.after=300", "requeue.failure=1", "distributed.hang_timeout_s=30", "distributed.timeout_s=120")
     job = submit(tmp_path / "run", *work)
     wait_until(lambda: last_step(tmp_path / "run") >= 300, timeout=120, what="step 300")
@@ -94,10 +94,12 @@ def test_a_node_that_kills_its_rank_is_kept_out_and_the_job_ends_as_an_uninterru
 
 
 def test_a_node_whose_slurmd_dies_is_kept_out_and_returns_to_service_afterwards(tmp_path, reference):
-    work = ("train.steps=10000", "train.global_batch_size=128", "train.log_every_steps=20",
-            "train.checkpoint_every_steps=500")
+    # 20 ms a step on Slurm: the job lasts long enough for Slurm to declare the node down (SlurmdTimeout=30 s).
+    work = ("train.steps=3000", "train.global_batch_size=128", "train.log_every_steps=20",
+            "train.checkpoint_every_steps=500", "model._target_=tests.scripts.faulty_node.make_model",
+            "model.slurm_step_ms=15")
     job = submit(tmp_path, *work)
-    wait_until(lambda: last_step(tmp_path) >= 500, timeout=120, what="step 500")
+    wait_until(lambda: last_step(tmp_path) >= 200, timeout=120, what="step 200")
     node = nodes_of_run(tmp_path, 0)[1]  # rank 1's: not the node that runs the batch script
     try:
         os.kill(int(open(f"/run/slurmd-{node}.pid").read()), signal.SIGKILL)

@@ -128,3 +128,20 @@ def test_after_a_peer_failure_the_rank_that_stopped_beating_is_named_and_one_tha
         assert time.monotonic() - began < 1  # everyone else left: nobody to wait for
     finally:
         heart.stop()
+
+
+def test_a_rank_that_cannot_write_its_beats_judges_nobody_until_it_can(tmp_path):
+    heart = Heartbeat(tmp_path, rank=0, run=RUN, interval_s=0.05)
+    heart.write()
+    assert not heart.failing
+    heart.path = tmp_path / "gone" / "rank-00000"  # as a full or vanished file system: the write fails
+    heart.write()
+    assert heart.failing
+    clock = Clock()
+    watch = Watch(tmp_path, ranks=[0], run=RUN, timeout_s=20, clock=clock)
+    watch.check()
+    clock.now += 100  # no beat changed for 100 s, while nobody could write one
+    watch.forget()  # what the watcher does while its own beats fail
+    assert watch.check() is None
+    clock.now += 21
+    assert watch.check() is not None  # silent again, counted from when writing came back

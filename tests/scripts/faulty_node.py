@@ -1,0 +1,34 @@
+"""The seed article's SimpleModel, as it behaves on faulty nodes of the local Slurm cluster: its process dies
+(SIGKILL, as a segfault or the OOM killer would end it) when it runs on the node named in ``crash_file``, and each
+step takes ``slurm_step_ms`` longer on any Slurm node (a job long enough to lose a node in, whose uninterrupted
+reference still runs fast on local ranks). Elsewhere it is the plain model: the same digest."""
+
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from jobs.networks import SimpleModel
+
+
+class OnAFaultyNode(SimpleModel):
+    def __init__(self, in_features: int, num_classes: int, crash_file: str, after: int, slurm_step_ms: float):
+        super().__init__(in_features, 128, num_classes)
+        self.crash_file, self.after, self.calls = Path(crash_file), after, 0
+        self.delay_s = slurm_step_ms / 1000 if os.environ.get("SLURM_JOB_ID") else 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        time.sleep(self.delay_s)
+        if self.calls % self.after == 0 and self.crash_file.is_file():
+            if self.crash_file.read_text().strip() == os.environ.get("SLURMD_NODENAME"):
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward(x)
+
+
+def make_model(sample_shape: tuple[int, ...], num_classes: int, crash_file: str = "", after: int = 200,
+               slurm_step_ms: float = 0.0) -> OnAFaultyNode:
+    return OnAFaultyNode(math.prod(sample_shape), num_classes, crash_file, after, slurm_step_ms)
