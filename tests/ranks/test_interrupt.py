@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from cluster.rundir import read_events
 from cluster.runtime.checkpoint import latest_checkpoint
 from tests.helpers import REPO
@@ -68,8 +70,13 @@ def digest(output: str) -> str:
     return found.group(1)
 
 
-def test_ctrl_c_saves_the_step_it_stops_at_and_the_same_command_resumes_exactly(tmp_path):
-    whole = run_train(f"hydra.run.dir={tmp_path / 'whole'}")
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory) -> str:
+    """The digest of an uninterrupted run (checkpointing more often changes nothing in it)."""
+    return digest(run_train(f"hydra.run.dir={tmp_path_factory.mktemp('whole')}").stdout)
+
+
+def test_ctrl_c_saves_the_step_it_stops_at_and_the_same_command_resumes_exactly(tmp_path, whole):
     at = random.Random().randint(50, 700)
     code, shown = in_terminal(tmp_path / "cut", after_step=at, presses=1)
     assert code == 130, shown[-3000:]
@@ -80,12 +87,11 @@ def test_ctrl_c_saves_the_step_it_stops_at_and_the_same_command_resumes_exactly(
     assert "Traceback" not in shown and "KeyboardInterrupt" not in shown, shown[-3000:]
     assert latest_checkpoint(tmp_path / "cut" / "checkpoints").name == f"step-{step:06d}"  # nothing lost
     again = run_train(f"hydra.run.dir={tmp_path / 'cut'}")
-    assert digest(again.stdout) == digest(whole.stdout)
+    assert digest(again.stdout) == whole
     assert [e["step"] for e in read_events(tmp_path / "cut") if e["event"] == "resumed"] == [step]
 
 
-def test_a_second_ctrl_c_ends_at_once_and_the_last_checkpoint_still_resumes(tmp_path):
-    whole = run_train("train.checkpoint_every_steps=100", f"hydra.run.dir={tmp_path / 'whole'}")
+def test_a_second_ctrl_c_ends_at_once_and_the_last_checkpoint_still_resumes(tmp_path, whole):
     code, shown = in_terminal(tmp_path / "cut", "train.checkpoint_every_steps=100",
                               after_step=random.Random().randint(150, 700), presses=2,
                               gap_s=0.2)
@@ -93,4 +99,4 @@ def test_a_second_ctrl_c_ends_at_once_and_the_last_checkpoint_still_resumes(tmp_
     assert "killed at once (second Ctrl-C); the checkpoint of step" in shown, shown[-3000:]
     assert "Traceback" not in shown, shown[-3000:]
     again = run_train("train.checkpoint_every_steps=100", f"hydra.run.dir={tmp_path / 'cut'}")
-    assert digest(again.stdout) == digest(whole.stdout)
+    assert digest(again.stdout) == whole
