@@ -13,6 +13,7 @@ from pathlib import Path
 from cluster.environment import HalfSetEnvironmentError
 from cluster.errors import ClusterError, RunDirectoryBusyError, spelled
 from cluster.local.ranks import TaskFailedError
+from cluster.requeue import RequeueBudget
 from cluster.rundir import remove_if_unused
 from cluster.slurm.resources import SlurmResources
 
@@ -31,7 +32,7 @@ CONFIG_KEYS: dict[str, str] = {
     "num_workers": "train.num_workers",
     "depth": "model.depth",
     "backend": "distributed.backend",
-    **{budget: f"requeue.{budget}" for budget in ("preemption", "time_limit", "failure")},
+    **{field: f"requeue.{field}" for field in RequeueBudget.__dataclass_fields__},
 }
 
 # What Hydra writes into a run directory before the task starts: its record of the config, and the job's log.

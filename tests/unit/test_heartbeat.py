@@ -8,6 +8,7 @@ import pytest
 from cluster.bad_nodes import NoNodesLeftError, check_fit, fewest_nodes, remember, remembered
 from cluster.rundir import EventLog, read_events
 from cluster.runtime.heartbeat import EXITED, SETUP, TRAINING, Heartbeat, Watch, beat_path
+from jobs.user_errors import config_key
 
 RUN = "123/0"
 
@@ -109,6 +110,7 @@ def test_too_many_bad_nodes_for_the_job_is_refused_with_the_way_out():
     assert str(refused.value) == ("the job needs 2 node(s), and only 1 of partition debug's 3 are left once the nodes "
                                   "it found bad (node1,node2) are kept out; have them repaired, or run again with "
                                   "exclude_bad_nodes=false")
+    assert refused.value.phrase(config_key).endswith("run again with requeue.exclude_bad_nodes=false")
     assert fewest_nodes("2-4") == 2 and fewest_nodes("3") == 3
 
 
