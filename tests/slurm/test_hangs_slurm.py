@@ -112,6 +112,11 @@ def test_a_node_whose_slurmd_dies_is_kept_out_and_returns_to_service_afterwards(
         summary = wait_finished(job, tmp_path, timeout=300)
     finally:
         subprocess.run([str(REPO / "slurm" / "local-cluster"), "up"], check=True, capture_output=True, timeout=180)
+    # Slurm requeued the job from outside (as `scontrol requeue` does): SIGTERM KillWait seconds before SIGKILL, and
+    # the ranks saved the step they were at and left the rest to Slurm; the next run began there.
+    signalled = events_named(tmp_path, "signalled")
+    assert signalled and signalled[0]["cause"] == "requeued" and signalled[0]["signal"] == "TERM", signalled
+    assert summary["resumed_from_step"] == signalled[0]["step"]
     excluded = events_named(tmp_path, "excluded")
     assert [e["nodes"] for e in excluded] == [[node]] and "Slurm lost it" in excluded[0]["reason"], excluded
     assert node not in nodes_of_run(tmp_path, 1)

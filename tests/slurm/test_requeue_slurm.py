@@ -93,22 +93,6 @@ def events_named(run_dir: Path, name: str) -> list[dict]:
 
 
 @pytest.mark.usefixtures("slurm_cluster")
-def test_scontrol_requeue_mid_training_resumes_exactly(tmp_path, reference):
-    job = submit(tmp_path, *RUN)
-    wait_until(lambda: last_step(tmp_path) >= 2000, timeout=120, what="step 2000")  # late: less left to train
-    subprocess.run(["scontrol", "requeue", job], check=True)
-    summary = wait_finished(job, tmp_path, timeout=240)
-    assert summary["param_digest"] == reference(*RUN)
-    assert summary["resumed_from_step"] >= 1500
-    started = events_named(tmp_path, "started")
-    assert [e["restart"] for e in started] == [0, 1] and started[0]["nodes"] == 2
-    # SIGTERM came KillWait seconds before SIGKILL: the ranks saved where they were and left it to Slurm
-    signalled = events_named(tmp_path, "signalled")
-    if signalled:
-        assert signalled[0]["cause"] == "requeued" and summary["resumed_from_step"] == signalled[0]["step"]
-
-
-@pytest.mark.usefixtures("slurm_cluster")
 def test_preemption_by_the_high_partition_at_a_random_step(tmp_path, reference):
     name = f"preempted-{tmp_path.name}"
     command = [os.sys.executable, "-m", "jobs.train", *TWO_NODES, "cluster.tasks_per_node=1", *RUN, "cluster.wait=true",
@@ -116,7 +100,7 @@ def test_preemption_by_the_high_partition_at_a_random_step(tmp_path, reference):
     # The submitting side waits (cluster.wait=true): a requeue must not look like the end to it.
     waiting = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    at = random.Random().randint(600, 2000)
+    at = random.Random().randint(600, 1800)  # the preemption takes a few seconds to arrive: room to stop before 3000
     print(f"preempting at step {at}")
     wait_until(lambda: last_step(tmp_path) >= at, timeout=120, what=f"step {at}")
     job = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True).stdout.strip()
