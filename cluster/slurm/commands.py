@@ -69,7 +69,12 @@ def own_job_id(environ: Mapping[str, str] | None = None) -> str:
 def job_fields(job_id: str) -> dict[str, str]:
     """``scontrol show job``'s Key=Value fields for one job (empty when Slurm does not answer)."""
     code, out, _ = scontrol_quietly("show", "job", "--oneliner", job_id)
-    return dict(token.split("=", 1) for token in out.split() if "=" in token) if code == 0 else {}
+    return _key_values(out) if code == 0 else {}
+
+
+def _key_values(out: str) -> dict[str, str]:
+    """``scontrol show ... --oneliner``'s Key=Value fields."""
+    return dict(token.split("=", 1) for token in out.split() if "=" in token)
 
 
 def requeue(job_id: str, *, exclude: Sequence[str] = ()) -> str:
@@ -94,7 +99,7 @@ def requeue(job_id: str, *, exclude: Sequence[str] = ()) -> str:
 def partition_nodes(partition: str) -> list[str]:
     """The nodes of a partition (empty when Slurm does not answer)."""
     code, out, _ = scontrol_quietly("show", "partition", "--oneliner", partition)
-    fields = dict(token.split("=", 1) for token in out.split() if "=" in token) if code == 0 else {}
+    fields = _key_values(out) if code == 0 else {}
     return expand_hostlist(fields.get("Nodes", "")) if fields.get("Nodes", "(null)") != "(null)" else []
 
 

@@ -122,8 +122,8 @@ def find_manifest(path: Path) -> Manifest:
     logs = sorted(RunDir(path).logs.glob("*_0_log.out"), key=lambda log: log.stat().st_mtime)
     if logs:
         return _single_run(path.resolve(), job_id=logs[-1].name.split("_")[0])
-    if claimed_by(path):  # submitted, not started yet: no log so far
-        return _single_run(path.resolve(), job_id=claimed_by(path))
+    if job_id := claimed_by(path):  # submitted, not started yet: no log so far
+        return _single_run(path.resolve(), job_id=job_id)
     raise NotASweepError(f"{path} is no sweep directory: it has no {MANIFEST}; give the directory that the sweep "
                          "command printed")
 

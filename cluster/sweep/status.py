@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cluster.bad_nodes import EVENT as bad_nodes_event
 from cluster.rundir import RunDir, read_events, read_jsonl
 from cluster.slurm.commands import ACTIVE, ENDED_BADLY, job_states
 from cluster.sweep.local_queue import SOURCE as LOCAL_SOURCE
@@ -69,7 +70,7 @@ def member_status(member: Member, slurm: dict[str, tuple[str, str]]) -> MemberSt
     if state in ENDED_BADLY and failures:
         error = (failures[-1].get("error") or failures[-1]["reason"]).strip().splitlines()[-1]
     hangs = [f"step {e.get('step')}: {e.get('reason', '')}" for e in events if e["event"] == "hung"]
-    bad_nodes = sorted({node for e in events if e["event"] == "excluded" for node in e.get("nodes", [])})
+    bad_nodes = sorted({node for e in events if e["event"] == bad_nodes_event for node in e.get("nodes", [])})
     return MemberStatus(member, state, restarts, step, loss, elapsed, error, world_sizes(events), hangs, bad_nodes)
 
 
