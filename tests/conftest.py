@@ -3,10 +3,25 @@
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from tests.helpers import REPO, slurm_required
+
+SLURM_TESTS = REPO / "tests" / "slurm"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The suite runs in two pytest-xdist workers (``addopts``): the Slurm tests one after another in one of
+    them (they share the local cluster's 8 slots and one reference run), everything else in both. Much of a
+    Slurm test is waiting (for Slurm's timers, requeues, a timeout to run out), and the other worker fills
+    that time. They go first: they are the longest chain, and would otherwise start once the rest is done."""
+    on_slurm = [item for item in items if SLURM_TESTS in Path(item.path).parents]
+    for item in on_slurm:
+        item.add_marker(pytest.mark.xdist_group("slurm"))
+    others = [item for item in items if SLURM_TESTS not in Path(item.path).parents]
+    items[:] = on_slurm + others
 
 
 @pytest.fixture(autouse=True)

@@ -64,6 +64,7 @@ def interrupted(run_dir: Path, *command: str, at_least: int = 0, sig: signal.Sig
     return running.returncode, out, err
 
 
+@pytest.mark.slow
 def test_an_unmodified_torchrun_script_runs_as_under_torchrun(tmp_path):
     script = ("examples/torchrun_ddp.py", "--epochs", "2")
     ours = cluster_run(tmp_path / "ours", *script)
@@ -77,6 +78,7 @@ def test_an_unmodified_torchrun_script_runs_as_under_torchrun(tmp_path):
     assert (tmp_path / "ours" / "logs" / "rank-1.out").read_text().count("Rank 1, epoch") == 2
 
 
+@pytest.mark.slow
 def test_an_api_script_preempted_at_a_random_step_ends_as_an_uninterrupted_run(tmp_path):
     whole = cluster_run(tmp_path / "whole", *API_SCRIPT)
     assert whole.returncode == 0, whole.stderr[-3000:]
@@ -93,6 +95,7 @@ def test_an_api_script_preempted_at_a_random_step_ends_as_an_uninterrupted_run(t
     assert f"resumed from {signalled[0]['step']}" in out
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_the_same_command_resumes_exactly(tmp_path):
     whole = cluster_run(tmp_path / "whole", *API_SCRIPT)
     code, _, err = interrupted(tmp_path / "cut", *API_SCRIPT, at_least=random.Random().randint(60, LATEST_STOP),
@@ -116,6 +119,7 @@ def code_lines(path: Path) -> list[str]:
     return [line for line in text.splitlines()[skip:] if line.strip()]
 
 
+@pytest.mark.slow
 def test_the_seed_script_needs_ten_lines_to_survive_a_preemption(tmp_path):
     plain, safe = code_lines(REPO / "examples/torchrun_ddp.py"), code_lines(REPO / "examples/seed_preemptible.py")
     added = [line[2:] for line in difflib.ndiff(plain, safe) if line.startswith("+ ")]

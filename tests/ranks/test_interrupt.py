@@ -19,6 +19,7 @@ from cluster.rundir import read_events
 from cluster.runtime.checkpoint import latest_checkpoint
 from tests.helpers import REPO
 
+pytestmark = [pytest.mark.slow]
 # The example package's model (with dropout) and data (with a random jitter), found through PYTHONPATH.
 COMMAND = (sys.executable, "-m", "jobs.train", "--config-dir", "examples/myconf", "model=resmlp", "data=shapes",
            "model.dropout=0.1", "data.jitter=0.1", "train.steps=1500", "train.log_every_steps=10")

@@ -1,11 +1,17 @@
 """Process groups: backend choice, device binding, teardown; NCCL where a GPU is visible."""
 
+import dataclasses
+import socket
+from pathlib import Path
+
 import pytest
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from cluster.environment import SINGLE_PROCESS
-from cluster.runtime.process_group import process_group, resolve_backend
+from cluster.errors import SettingError
+from cluster.runtime.process_group import bind_device, process_group, resolve_backend
 from tests.helpers import read_summary, run_train
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
@@ -30,11 +36,39 @@ def test_group_is_torn_down_even_when_the_body_raises():
     assert not dist.is_initialized()
 
 
-def test_gloo_group_on_cpu_reduces():
-    with process_group(SINGLE_PROCESS, backend="gloo", timeout_s=30) as group:
-        tensor = torch.ones(3)
+def _reduce_in_a_group(rank: int, port: int, world_size: int, out: str) -> None:
+    env = dataclasses.replace(SINGLE_PROCESS, started_by="torchrun", rank=rank, local_rank=rank,
+                              world_size=world_size, master_port=port)
+    with process_group(env, backend="auto", timeout_s=30) as group:
+        tensor = torch.full((3,), float(rank + 1))
         dist.all_reduce(tensor)
-        assert group.device == torch.device("cpu") and tensor.tolist() == [1.0, 1.0, 1.0]
+        Path(out, f"rank-{rank}").write_text(f"{group.backend} {group.device} {tensor.tolist()}")
+
+
+def test_a_gloo_group_of_two_ranks_on_cpu_sums_both_ranks_tensors(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_reduce_in_a_group, args=(port, 2, str(tmp_path)), nprocs=2, join=True)
+    assert [(tmp_path / f"rank-{r}").read_text() for r in (0, 1)] == ["gloo cpu [3.0, 3.0, 3.0]"] * 2
+
+
+def test_each_local_rank_is_bound_to_its_own_gpu(monkeypatch):
+    """Without a GPU in the machine: the binding rule, with CUDA's answers replaced."""
+    bound = []
+    monkeypatch.setattr(torch.cuda, "set_device", bound.append)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    for local_rank in range(4):
+        env = dataclasses.replace(SINGLE_PROCESS, rank=4 + local_rank, local_rank=local_rank, world_size=8,
+                                  node_rank=1, num_nodes=2)
+        assert bind_device(env, "nccl") == torch.device("cuda", local_rank)
+    assert bound == [0, 1, 2, 3]
+    assert bind_device(env, "gloo") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU per task, as --gpus-per-task gives
+    assert bind_device(env, "nccl") == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(SettingError, match="local rank 3 needs GPU 3 but only 2 are visible"):
+        bind_device(env, "nccl")
 
 
 @pytest.mark.gpu
