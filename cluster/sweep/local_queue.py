@@ -148,7 +148,8 @@ def run_queue(sweep_dir: Path, indices: list[int], *, parallelism: int) -> None:
             index = pending.popleft()
             with state_lock(sweep_dir):  # a cancel now waits until the member is RUNNING, then stops it
                 state = read_state(sweep_dir, index)
-                if state is not None and state.state == "PENDING":  # not cancelled while it waited
+                # Not cancelled while it waited, and still this queue's: a retry may have handed it to another.
+                if state is not None and state.state == "PENDING" and state.queue_pid == os.getpid():
                     running[index] = (_start_member(sweep_dir, index, free[0]), free.popleft())
         time.sleep(POLL_S)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cluster.local.watchdog import process_alive
+from cluster.sweep.local_queue import cpu_shares
 from tests.helpers import REPO, cli, read_manifest, run_sweep, wait_done
 
 pytestmark = pytest.mark.slow
@@ -58,9 +59,11 @@ def test_a_local_sweep_returns_at_once_runs_two_at_a_time_and_is_retried_and_col
     assert most_at_once(queue) == 2
     together = [(a, b) for a in queue for b in queue if a < b
                 and queue[a]["started_at"] < queue[b]["ended_at"] and queue[b]["started_at"] < queue[a]["ended_at"]]
-    available = len(os.sched_getaffinity(0))
-    for a, b in together:  # members running side by side got CPUs of their own (when there were enough)
-        assert not cpus_of(tmp_path, a) & cpus_of(tmp_path, b) or available < 2
+    # Members running side by side got the two halves of the CPUs (one CPU both, on a machine with one).
+    halves = {frozenset(share) for share in cpu_shares(sorted(os.sched_getaffinity(0)), 2)}
+    assert together
+    for a, b in together:
+        assert {frozenset(cpus_of(tmp_path, a)), frozenset(cpus_of(tmp_path, b))} == halves
 
     log = cli("logs", str(tmp_path), "3")
     assert "member 3:" in log.stdout and "TaskFailedError" in log.stdout
@@ -108,6 +111,44 @@ def test_cancel_stops_running_and_pending_members_and_a_lost_queue_is_retried(tm
     while (survivors := sweep_processes(tmp_path)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not survivors, f"processes of the sweep still alive: {survivors}"
+
+
+def test_logs_follow_a_rank_a_retry_runs_members_side_by_side_and_a_sweep_that_completed_is_status_0(tmp_path):
+    run_sweep(tmp_path, "cluster=local", "cluster.tasks_per_node=2", "train.steps=600", "train.log_every_steps=50",
+              "train.seed=0,1,2,3")  # one member at a time, the default
+    assert cli("cancel", str(tmp_path), "1", "2", "3").returncode == 0  # still pending: never started
+    # Retried while the first queue still runs member 0: the new queue runs two at a time, and the first queue,
+    # once member 0 ends, must leave member 3 (pending in the new queue) alone.
+    retried = cli("retry", str(tmp_path), "--parallelism", "2")
+    assert "resubmitted member(s) 1, 2, 3 to a new local queue" in retried.stdout, retried.stdout + retried.stderr
+    log = tmp_path / "0" / "logs"
+    deadline = time.monotonic() + 60
+    while not list(log.glob("*_0_log.out")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "Job completed" not in next(log.glob("*_0_log.out")).read_text(), "member 0 ended before the follow began"
+    with subprocess.Popen([sys.executable, "-m", "cluster", "logs", str(tmp_path), "0", "--follow"], cwd=REPO,
+                          stdout=subprocess.PIPE, text=True) as follow:
+        seen = []
+        for line in follow.stdout:  # what the rank writes from now on comes through, up to its end
+            seen.append(line)
+            if "Job completed successfully" in line:
+                break
+        follow.kill()
+    assert any(line.startswith("step 600/600") for line in seen), seen
+    rank_1 = cli("logs", str(tmp_path), "0", "--rank", "1")
+    assert rank_1.returncode == 0 and "global_rank=1(2)" in rank_1.stdout and "global_rank=0" not in rank_1.stdout
+
+    done = wait_done(tmp_path, timeout=240)
+    assert done["exit"] == 0 and [m["state"] for m in done["members"]] == ["COMPLETED"] * 4, done
+    queue = queue_states(tmp_path)
+    assert most_at_once({i: queue[i] for i in (1, 2, 3)}) == 2, queue  # two at a time, never three
+    assert queue[1]["queue_pid"] == queue[2]["queue_pid"] == queue[3]["queue_pid"] != queue[0]["queue_pid"], queue
+
+    speeds = {i: json.loads((tmp_path / str(i) / "summary.json").read_text())["samples_per_s"] for i in range(4)}
+    fastest = max(speeds, key=speeds.get)
+    collected = cli("collect", str(tmp_path), "--metric", "samples_per_s", "--mode", "max")
+    assert collected.returncode == 0 and f"best by samples_per_s (max): member {fastest} " in collected.stdout, \
+        collected.stdout
 
 
 def test_a_sweep_over_both_kinds_of_cluster_is_refused_before_anything_runs(tmp_path):
