@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cluster.parallel_dims import ParallelDims
+from cluster.rundir import read_events
 from jobs.data import DatasetInfo
 from jobs.loop import build_model
 from jobs.pipeline import split_stages
@@ -74,6 +75,20 @@ def test_parallel_strategies_match_one_process_on_the_global_batch(tmp_path, one
         torch.testing.assert_close(parallel[name], single[name], atol=2e-6, rtol=0, msg=name)
     assert read_summary(tmp_path / "p")["final_loss"] == pytest.approx(read_summary(one_process)["final_loss"],
                                                                        abs=1e-5)
+
+
+@pytest.mark.slow
+def test_a_cnn_is_cut_into_two_stages_and_matches_one_process(tmp_path):
+    cnn = ("model=cnn", "model.channels=[4,8]", "data.image_shape=[3,8,8]", *SHORT)
+    run_train(*cnn, "cluster=debug", "strategy=single", f"hydra.run.dir={tmp_path / 'one'}")
+    run_train(*cnn, "strategy=pipeline", "cluster.tasks_per_node=2", f"hydra.run.dir={tmp_path / 'p'}")
+    layout = next(e for e in read_events(tmp_path / "p") if e["event"] == "layout")
+    layers = [rank["layers"] for rank in layout["ranks"]]
+    assert len(layers) == 2 and "all" not in layers and layers[0] != layers[1], layers
+    parallel, single = final_model(tmp_path / "p"), final_model(tmp_path / "one")
+    assert parallel.keys() == single.keys()
+    for name in single:
+        torch.testing.assert_close(parallel[name], single[name], atol=2e-6, rtol=0, msg=name)
 
 
 @pytest.mark.parametrize("overrides, message", [
