@@ -94,7 +94,9 @@ def describe_dry_run(members: list[PlannedMember], kind: str, options: SweepSett
                 "time; nothing was started\n" + "\n".join(f"  member {p.member.index}: {' '.join(p.member.overrides)}"
                                                          for p in members))
     try:
-        limit, source = array_limit(options.max_array_size), "the cluster's MaxArraySize"
+        limit = array_limit(options.max_array_size)
+        source = ("hydra.launcher.max_array_size" if limit == options.max_array_size
+                  else "the cluster's MaxArraySize")
     except SlurmUnavailableError:
         limit, source = options.max_array_size or 1001, "Slurm's default MaxArraySize (the cluster did not answer)"
     submissions = [(p.member, {"resources": p.plan.slurm}) for p in members]

@@ -3,25 +3,19 @@
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from tests.helpers import REPO, slurm_required
 
-SLURM_TESTS = REPO / "tests" / "slurm"
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, there when it is installed
+def pytest_xdist_make_scheduler(config, log):
+    """The two workers of ``addopts``: the Slurm tests one after another in one of them, from the start (the
+    longest chain), while the other fills their waits (Slurm's timers, requeues, timeouts) with the rest."""
+    from tests.xdist_scheduling import SlurmTestsTogether
 
-def pytest_collection_modifyitems(config, items):
-    """The suite runs in two pytest-xdist workers (``addopts``): the Slurm tests one after another in one of
-    them (they share the local cluster's 8 slots and one reference run), everything else in both. Much of a
-    Slurm test is waiting (for Slurm's timers, requeues, a timeout to run out), and the other worker fills
-    that time. They go first: they are the longest chain, and would otherwise start once the rest is done."""
-    on_slurm = [item for item in items if SLURM_TESTS in Path(item.path).parents]
-    for item in on_slurm:
-        item.add_marker(pytest.mark.xdist_group("slurm"))
-    others = [item for item in items if SLURM_TESTS not in Path(item.path).parents]
-    items[:] = on_slurm + others
+    return SlurmTestsTogether(config, log)
 
 
 @pytest.fixture(autouse=True)

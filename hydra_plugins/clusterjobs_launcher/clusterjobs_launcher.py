@@ -9,6 +9,7 @@ submitit launcher it returns once they are submitted (hydra#2479).
 import copy
 import dataclasses
 import re
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -261,12 +262,33 @@ class ClusterjobsSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         from cluster.rundir import check_writable
+        from cluster.sweep.manifest import MANIFEST
         from jobs.user_errors import exit_on_user_error
 
         assert self.config is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        before = set(sweep_dir.iterdir()) if sweep_dir.is_dir() else None
         with exit_on_user_error():  # one line, where Hydra's own makedirs would raise a traceback
-            check_writable(Path(str(self.config.hydra.sweep.dir)), setting="sweep_dir")
-        return super().sweep(arguments)
+            check_writable(sweep_dir, setting="sweep_dir")
+        try:
+            return super().sweep(arguments)
+        finally:
+            # Nothing submitted (a member refused, or a dry run): nothing of this sweep is left either, not
+            # Hydra's multirun.yaml nor the run directories the checks made. What was there before stays.
+            if not (sweep_dir / MANIFEST).exists():
+                _remove_all_but(sweep_dir, before)
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         return None
+
+
+def _remove_all_but(folder: Path, kept: set[Path] | None) -> None:
+    """Remove what ``folder`` holds besides ``kept``, and ``folder`` itself when it did not exist (``None``)."""
+    if kept is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for path in set(folder.iterdir()) - kept:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

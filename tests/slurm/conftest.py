@@ -1,5 +1,7 @@
 """Fixtures of the Slurm tests."""
 
+import subprocess
+
 import pytest
 
 from tests.helpers import read_summary, run_train
@@ -20,3 +22,20 @@ def reference(tmp_path_factory):
         return cache[key]
 
     return digest
+
+
+def queued_jobs() -> set[str]:
+    """Ids of the jobs (whole arrays by their array id) in Slurm's queue; none when Slurm does not answer."""
+    listed = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True)
+    return set(listed.stdout.split()) if listed.returncode == 0 else set()
+
+
+@pytest.fixture(autouse=True)
+def cancel_the_jobs_a_test_leaves():
+    """Whatever a test submitted and left in the queue (it failed before its jobs ended, or does not wait for
+    them) is cancelled as it ends: those jobs would hold the slots the next tests wait for."""
+    before = queued_jobs()
+    yield
+    left = queued_jobs() - before
+    if left:
+        subprocess.run(["scancel", *sorted(left, key=int)], check=False)

@@ -118,7 +118,21 @@ def test_preemption_by_the_high_partition_at_a_random_step(tmp_path, reference):
 
 
 @pytest.mark.usefixtures("slurm_cluster")
+def dry_run_layout(*overrides: str) -> dict[int, tuple[int, int, list[str], list[int]]]:
+    """rank -> (node, local rank, layers, dp peers), as a dry run's rank layout table predicts them."""
+    table = run_train(*overrides, "cluster.dry_run=true").stdout.split("dp peers\n")[1].split("\n\n")[0]
+    layout = {}
+    for row in table.strip().splitlines():
+        rank, node, local_rank, _device, stage, layers, peers = row.split()
+        first, _, last = layers.strip("()").partition("-")
+        layout[int(rank)] = (int(node), int(local_rank), [str(n) for n in range(int(first), int(last or first) + 1)],
+                             [int(peer) for peer in peers.split(",")])
+    return layout
+
+
 def test_hybrid_keeps_pipelines_inside_a_node_and_resumes_exactly_after_preemption(tmp_path, reference):
+    predicted = dry_run_layout(*TWO_NODES, "cluster.tasks_per_node=2", *HYBRID, f"hydra.run.dir={tmp_path / 'dry'}")
+    assert not (tmp_path / "dry" / "logs").exists()  # a dry run submits nothing
     job = submit(tmp_path, *HYBRID, tasks_per_node=2)
     at = random.Random().randint(100, 500)
     print(f"preempting at step {at}")
@@ -137,6 +151,10 @@ def test_hybrid_keeps_pipelines_inside_a_node_and_resumes_exactly_after_preempti
             assert {host[peer] for peer in place["pp_ranks"]} == {place["host"]}, "a pipeline spans nodes"
             assert len({host[peer] for peer in place["dp_ranks"]}) == 2, "replicas share a node"
             assert place["layers"] == (["0", "1"] if place["rank"] % 2 == 0 else ["2", "3"])
+        # what the dry run printed is what each run found: nodes numbered in the order of the job's ranks
+        nodes = list(dict.fromkeys(host[rank] for rank in sorted(host)))
+        assert {place["rank"]: (nodes.index(place["host"]), place["local_rank"], place["layers"], place["dp_ranks"])
+                for place in layout["ranks"]} == predicted
 
 
 @pytest.mark.usefixtures("slurm_cluster")

@@ -109,7 +109,16 @@ def test_a_sweeps_dry_run_submits_nothing_and_shows_its_arrays(tmp_path):
     # Hydra varies the last override fastest: the 1-node members are 0, 2, 4, the 2-node ones 1, 3, 5
     assert "array 1: members 0,2,4 (3 tasks" in result.stdout and "array 2: members 1,3,5 (3 tasks" in result.stdout
     assert "#SBATCH --array=0-2%" in result.stdout and "#SBATCH --nodes=1" in result.stdout
-    assert squeue_ids() == queue and not (tmp_path / "manifest.json").exists()
+    assert squeue_ids() == queue and not list(tmp_path.iterdir())  # nor anything left in the sweep directory
+
+
+def test_hydra_launcher_max_array_size_cuts_the_arrays_smaller_than_the_clusters_limit(tmp_path):
+    result, _ = run_sweep(tmp_path, "cluster=slurm", "cluster.dry_run=true", "optim.lr=0.1,0.2,0.3,0.4,0.5",
+                          "hydra.launcher.max_array_size=2")
+    assert ("dry run: 5 member(s) would go to Slurm as 3 job array(s) (at most 2 tasks each: "
+            "hydra.launcher.max_array_size)") in result.stdout, result.stdout
+    for line in ("array 1: members 0-1 (2 tasks", "array 2: members 2-3 (2 tasks", "array 3: members 4 (1 tasks"):
+        assert line in result.stdout, result.stdout
 
 
 def test_retry_waits_for_a_live_job_and_recreates_what_was_deleted(tmp_path):
@@ -208,3 +217,16 @@ def test_a_refused_sweep_leaves_nothing(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert_one_line_refusal(result, "sbatch refused the job")
     assert not sweep_dir.exists()
+
+
+def test_one_bad_member_of_a_sweep_means_nothing_is_submitted(tmp_path):
+    sweep_dir, queue = tmp_path / "sweep", squeue_ids()
+    result = subprocess.run([sys.executable, "-m", "jobs.train", "-m", "cluster=slurm",
+                             "train.global_batch_size=64,128,16384", f"hydra.sweep.dir={sweep_dir}"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()  # one line, then one per member refused
+    assert lines[0] == "error: 1 of 3 sweep member(s) would fail, nothing was submitted:", lines
+    assert len(lines) == 2 and lines[1].startswith("  member 2 (cluster=slurm train.global_batch_size=16384): "
+                                                   "the dataset has 8192 samples, fewer than one global batch"), lines
+    assert squeue_ids() == queue and not sweep_dir.exists()

@@ -4,6 +4,7 @@ arrays split below MaxArraySize, and status while the accounting daemon is down.
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def sacct_tasks(array: str) -> set[str]:
 def test_a_12_member_sweep_is_one_array_followed_retried_and_collected(tmp_path):
     result, seconds = sweep(tmp_path, "train.steps=60", f"optim.lr={LRS}")
     print(f"time to prompt, 12 members: {seconds:.2f} s")
+    assert seconds < 10, f"{seconds:.1f} s to the prompt"  # ~1.2 s alone (README); no member waited for
     assert "submitted 12 member(s) as 1 job array(s)" in result.stdout
     assert f"python -m cluster status {tmp_path}" in result.stdout
     members = read_manifest(tmp_path)["members"]
@@ -72,6 +74,7 @@ def test_300_members_are_split_below_the_clusters_max_array_size_each_once(tmp_p
         result, seconds = sweep(tmp_path, "train.steps=1", "train.seed=range(0,300)",
                                 "hydra.launcher.array_parallelism=2")
         print(f"time to prompt, 300 members: {seconds:.2f} s")
+        assert seconds < 20, f"{seconds:.1f} s to the prompt"
         members = read_manifest(tmp_path)["members"]
         assert [m["index"] for m in members] == list(range(300))
         arrays = sorted({m["job_id"] for m in members}, key=int)
@@ -91,8 +94,13 @@ def test_300_members_are_split_below_the_clusters_max_array_size_each_once(tmp_p
 
 def test_status_without_accounting_reads_squeue_and_the_run_directories(tmp_path):
     finished, running = tmp_path / "finished", tmp_path / "running"
-    sweep(finished, "train.steps=40", "optim.lr=0.1,1e6")
-    assert {m["state"] for m in wait_done(finished, timeout=180)["members"]} == {"COMPLETED", "FAILED"}
+    # hydra.launcher.wait=true: the command stays until every member has ended, and exits as status would
+    waited = subprocess.run([sys.executable, "-m", "jobs.train", "-m", "cluster=slurm", "train.steps=40",
+                             "optim.lr=0.1,1e6", "hydra.launcher.wait=true", f"hydra.sweep.dir={finished}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert waited.returncode == 1, waited.stdout + waited.stderr
+    ended = json.loads(cli("status", str(finished), "--json").stdout)
+    assert {m["state"] for m in ended["members"]} == {"COMPLETED", "FAILED"}, ended
     subprocess.run(["pkill", "-x", "slurmdbd"], check=True)
     try:
         time.sleep(1)
@@ -112,3 +120,22 @@ def test_status_without_accounting_reads_squeue_and_the_run_directories(tmp_path
     finally:
         cli("cancel", str(running))
         local_cluster_up()
+
+
+def test_submitting_a_run_and_a_sweep_imports_no_torch(tmp_path):
+    """torch takes seconds to import on a login node. Here a torch that cannot be imported comes first on the
+    submitting process's path: submission must not need it. (The jobs inherit that path and would fail on their
+    nodes: they are cancelled at once.)"""
+    poison = tmp_path / "poison" / "torch"
+    poison.mkdir(parents=True)
+    (poison / "__init__.py").write_text('raise ImportError("torch was imported while submitting")\n')
+    env = {**os.environ, "PYTHONPATH": str(poison.parent)}
+    single = subprocess.run([sys.executable, "-m", "jobs.train", "cluster=slurm", f"hydra.run.dir={tmp_path / 'run'}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert single.returncode == 0 and "submitted job " in single.stdout, single.stdout + single.stderr
+    subprocess.run(["scancel", single.stdout.split("submitted job ")[1].split()[0]], check=True)
+    swept = subprocess.run([sys.executable, "-m", "jobs.train", "-m", "cluster=slurm", "optim.lr=0.1,0.2",
+                            f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=REPO, capture_output=True, text=True,
+                           timeout=120, env=env)
+    assert swept.returncode == 0 and "submitted 2 member(s) as 1 job array(s)" in swept.stdout, swept.stderr
+    assert cli("cancel", str(tmp_path / "sweep")).returncode == 0

@@ -112,3 +112,16 @@ def test_omegaconf_shows_plain_value_nodes_and_unresolved_text():
 def test_each_compat_module_says_which_library_and_why(module):
     assert module.__doc__ and "private" in module.__doc__ and "test_compat" in module.__doc__
     assert module.__name__ in sys.modules
+
+
+def test_xdist_schedules_by_the_scope_our_scheduler_gives_every_slurm_test():
+    """tests/xdist_scheduling.py relies on xdist asking ``_split_scope`` for each test's unit of work."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    from tests.xdist_scheduling import SlurmTestsTogether
+
+    assert "self._split_scope(nodeid)" in inspect.getsource(LoadScopeScheduling.schedule)
+    scope = SlurmTestsTogether._split_scope
+    ids = ["tests/slurm/test_a.py::test_x", "tests/slurm/test_b.py::test_y[1]", "tests/ranks/test_c.py::test_z",
+           "tests/unit/test_d.py::test_w"]
+    assert [scope(None, nodeid) for nodeid in ids] == ["tests/slurm/", "tests/slurm/", *ids[2:]]
