@@ -87,10 +87,12 @@ def signal_cause(env: TaskEnvironment, *, lead_s: float, fields: Mapping[str, st
     fields = commands.job_fields(commands.own_job_id()) if fields is None else fields
     if not fields:
         return "signal"
-    if fields.get("JobState") != "RUNNING":  # scancel or scontrol requeue: the job is completing already
-        return "requeued" if int(fields.get("Restarts", "0")) > env.restart_count else "cancelled"
+    # First: a preemption sets PreemptTime for this run (a requeue clears it), whatever state the job shows
+    # by the time it is asked (a CI run once saw a preempted job's ranks take it for cancelled).
     if fields.get("PreemptTime", "None") not in ("None", "Unknown", ""):
         return "preemption"
+    if fields.get("JobState") != "RUNNING":  # scancel or scontrol requeue: the job is completing already
+        return "requeued" if int(fields.get("Restarts", "0")) > env.restart_count else "cancelled"
     now = now or datetime.datetime.now()
     try:
         left = (datetime.datetime.fromisoformat(fields["EndTime"]) - now).total_seconds()

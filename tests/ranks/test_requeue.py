@@ -29,11 +29,14 @@ PREEMPTED = {"JobState": "RUNNING", "Restarts": "0", "EndTime": "2026-11-23T01:1
 TIME_LIMIT = {"JobState": "RUNNING", "Restarts": "0", "EndTime": "2026-11-23T01:18:32", "PreemptTime": "None"}
 REQUEUED = {"JobState": "COMPLETING", "Restarts": "1", "EndTime": "2026-11-23T01:32:20"}
 CANCELLED = {"JobState": "COMPLETING", "Restarts": "0", "EndTime": "2026-11-23T01:22:20", "PreemptTime": "None"}
+# preempted, its state already past RUNNING when asked: still a preemption (PreemptTime is cleared by a requeue)
+PREEMPTED_ENDING = {**PREEMPTED, "JobState": "COMPLETING"}
 BY_HAND = {"JobState": "RUNNING", "Restarts": "0", "EndTime": "2026-11-23T02:18:00", "PreemptTime": "None"}
 
 
 @pytest.mark.parametrize("fields, cause", [
-    (PREEMPTED, "preemption"), (TIME_LIMIT, "time-limit"), (REQUEUED, "requeued"), (CANCELLED, "cancelled"),
+    (PREEMPTED, "preemption"), (PREEMPTED_ENDING, "preemption"), (TIME_LIMIT, "time-limit"),
+    (REQUEUED, "requeued"), (CANCELLED, "cancelled"),
     (BY_HAND, "signal"), ({}, "signal"),
 ])
 def test_cause_is_read_from_slurm_not_guessed(fields, cause):
