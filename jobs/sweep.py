@@ -139,6 +139,20 @@ def forget(manifest: Manifest, members: list[Member]) -> None:
         remove_if_unused(Path(manifest.sweep_dir), also=(*HYDRA_FILES, "multirun.yaml", MANIFEST, SUBMISSIONS))
 
 
+def leave_nothing(sweep_dir: Path, before: set[Path] | None) -> None:
+    """After a sweep that submitted nothing (a member refused, a dry run): remove what it made in ``sweep_dir``
+    (its members' run directories, Hydra's record), and ``sweep_dir`` itself when it did not exist (``before``:
+    what it held before, None then). What was there before stays."""
+    made = set(sweep_dir.iterdir()) - (before or set()) if sweep_dir.is_dir() else set()
+    for path in made:
+        if path.is_dir():
+            remove_if_unused(path, also=HYDRA_FILES)
+        elif path.name == "multirun.yaml":
+            path.unlink()
+    if before is None:
+        remove_if_unused(sweep_dir, also=(*HYDRA_FILES, "multirun.yaml"))
+
+
 def sweep_kind(members: list[PlannedMember]) -> str:
     """slurm or local: where every member of the sweep goes."""
     kinds = sorted({p.plan.cluster.name for p in members})

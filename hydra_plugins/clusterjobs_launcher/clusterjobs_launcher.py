@@ -9,7 +9,6 @@ submitit launcher it returns once they are submitted (hydra#2479).
 import copy
 import dataclasses
 import re
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -263,6 +262,7 @@ class ClusterjobsSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
         from cluster.rundir import check_writable
         from cluster.sweep.manifest import MANIFEST
+        from jobs.sweep import leave_nothing
         from jobs.user_errors import exit_on_user_error
 
         assert self.config is not None
@@ -276,19 +276,8 @@ class ClusterjobsSweeper(BasicSweeper):
             # Nothing submitted (a member refused, or a dry run): nothing of this sweep is left either, not
             # Hydra's multirun.yaml nor the run directories the checks made. What was there before stays.
             if not (sweep_dir / MANIFEST).exists():
-                _remove_all_but(sweep_dir, before)
+                leave_nothing(sweep_dir, before)
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         return None
 
-
-def _remove_all_but(folder: Path, kept: set[Path] | None) -> None:
-    """Remove what ``folder`` holds besides ``kept``, and ``folder`` itself when it did not exist (``None``)."""
-    if kept is None:
-        shutil.rmtree(folder, ignore_errors=True)
-        return
-    for path in set(folder.iterdir()) - kept:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
