@@ -39,6 +39,8 @@ def slurm_required() -> bool:
 
 
 def squeue_ids() -> set[str]:
+    """The jobs in Slurm's queue. Compare what a test did as what is new (``after - before``): a job that ended
+    just before may still leave it meanwhile."""
     out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout
     return set(out.split())
 
