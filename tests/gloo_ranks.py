@@ -10,12 +10,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
-def spawn_gloo_ranks(fn: Callable[..., None], *args: Any, world_size: int) -> None:
-    """Run ``fn(rank, *args)`` in ``world_size`` processes joined in one gloo group; returns when all have."""
+def free_port() -> int:
+    """A loopback port nobody listens on (for a rendezvous store)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(_in_group, args=(fn, port, world_size, args), nprocs=world_size, join=True)
+        return probe.getsockname()[1]
+
+
+def spawn_gloo_ranks(fn: Callable[..., None], *args: Any, world_size: int) -> None:
+    """Run ``fn(rank, *args)`` in ``world_size`` processes joined in one gloo group; returns when all have."""
+    mp.spawn(_in_group, args=(fn, free_port(), world_size, args), nprocs=world_size, join=True)
 
 
 def _in_group(rank: int, fn: Callable[..., None], port: int, world_size: int, args: tuple) -> None:

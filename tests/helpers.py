@@ -38,10 +38,11 @@ def slurm_required() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true") or os.environ.get("CLUSTERJOBS_REQUIRE_SLURM") == "1"
 
 
-def squeue_ids() -> set[str]:
-    """The jobs in Slurm's queue. Compare what a test did as what is new (``after - before``): a job that ended
-    just before may still leave it meanwhile."""
-    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout
+def squeue_ids(*, whole_arrays: bool = False) -> set[str]:
+    """The jobs in Slurm's queue (an array by its array id with ``whole_arrays``, else each task). Compare what a
+    test did as what is new (``after - before``): a job that ended just before may still leave it meanwhile."""
+    out = subprocess.run(["squeue", "-h", "-o", "%F" if whole_arrays else "%i"], capture_output=True, text=True,
+                         check=True).stdout
     return set(out.split())
 
 

@@ -280,4 +280,3 @@ class ClusterjobsSweeper(BasicSweeper):
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         return None
-

@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import torch.multiprocessing as mp
 from cluster.environment import SINGLE_PROCESS
 from cluster.errors import SettingError
 from cluster.runtime.process_group import bind_device, process_group, resolve_backend
+from tests.gloo_ranks import free_port
 from tests.helpers import read_summary, run_train
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
@@ -47,10 +47,7 @@ def _reduce_in_a_group(rank: int, port: int, world_size: int, out: str) -> None:
 
 
 def test_a_gloo_group_of_two_ranks_on_cpu_sums_both_ranks_tensors(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(_reduce_in_a_group, args=(port, 2, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_reduce_in_a_group, args=(free_port(), 2, str(tmp_path)), nprocs=2, join=True)
     assert [(tmp_path / f"rank-{r}").read_text() for r in (0, 1)] == ["gloo cpu [3.0, 3.0, 3.0]"] * 2
 
 

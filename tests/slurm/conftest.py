@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from tests.helpers import read_summary, run_train
+from tests.helpers import read_summary, run_train, squeue_ids
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +25,11 @@ def reference(tmp_path_factory):
 
 
 def queued_jobs() -> set[str]:
-    """Ids of the jobs (whole arrays by their array id) in Slurm's queue; none when Slurm does not answer."""
-    listed = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True)
-    return set(listed.stdout.split()) if listed.returncode == 0 else set()
+    """Whole jobs and arrays in Slurm's queue; none when Slurm does not answer (not started yet, say)."""
+    try:
+        return squeue_ids(whole_arrays=True)
+    except subprocess.CalledProcessError:
+        return set()
 
 
 @pytest.fixture(autouse=True)
