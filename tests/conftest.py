@@ -3,10 +3,11 @@
 import os
 import shutil
 import subprocess
+from concurrent.futures import Future
 
 import pytest
 
-from tests.helpers import REPO, slurm_required
+from tests.helpers import REPO, in_background, read_summary, run_train, slurm_required
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, there when it is installed
@@ -54,3 +55,24 @@ def slurm_cluster():
                 pytest.fail(reason)
             pytest.skip(reason)
     return {"partition": "debug", "high_partition": "high", "nodes": 4}
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """Digests of uninterrupted runs on local ranks (2 by default), each computed once (in each xdist worker) for
+    all the tests that ask. The run begins when a test first asks, in the background: a test asks as it starts
+    and reads the digest (``.result()``) at its end, so the run overlaps what the test waits for."""
+    cache: dict[tuple[object, ...], Future[str]] = {}
+
+    def compute(overrides: tuple[str, ...], ranks: int) -> str:
+        run_dir = tmp_path_factory.mktemp("reference")
+        run_train(*overrides, f"cluster.tasks_per_node={ranks}", f"hydra.run.dir={run_dir}", timeout=600)
+        return read_summary(run_dir)["param_digest"]
+
+    def digest(*overrides: str, ranks: int = 2) -> Future[str]:
+        key = (*overrides, ranks)
+        if key not in cache:
+            cache[key] = in_background(compute, overrides, ranks)
+        return cache[key]
+
+    return digest

@@ -6,13 +6,18 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
+from cluster.rundir import read_events
 from cluster.runtime.checkpoint import read_whole
 
 REPO = Path(__file__).resolve().parent.parent
+# 2 ranks, ~130 steps/s here and on the local cluster: long enough to interrupt, short enough to wait for.
+INTERRUPTIBLE_RUN = ("train.steps=3000", "train.global_batch_size=128", "train.log_every_steps=20",
+                     "train.checkpoint_every_steps=500")
 
 
 def run_train(*overrides: str, timeout: float = 300, check: bool = True, **popen) -> subprocess.CompletedProcess:
@@ -74,3 +79,56 @@ def wait_done(sweep_dir: Path, *, timeout: float) -> dict:
 
 def read_manifest(sweep_dir: Path) -> dict:
     return json.loads((sweep_dir / "manifest.json").read_text())
+
+
+def in_background(work, *args, **kwargs) -> Future:
+    """``work(*args, **kwargs)`` begun now in a thread of its own: a reference run computed while the test waits
+    on Slurm's timers and requeues instead of before them (``.result()`` waits for it, and raises what it raised)."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(work, *args, **kwargs)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def wait_until(condition, *, timeout: float, what: str, poll: float = 0.2):
+    """``condition()``'s first true value, asked every ``poll`` seconds; fails naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def last_step(run_dir: Path) -> int:
+    """The last step a run logged to ``metrics.jsonl`` (0 before its first line)."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    return json.loads(lines[-1])["step"] if lines else 0
+
+
+def events_named(run_dir: Path, name: str) -> list[dict]:
+    return [e for e in read_events(run_dir) if e["event"] == name]
+
+
+def rank_pids(run_dir: Path) -> dict[int, int]:
+    """rank -> pid of the training processes of a job whose logs are in ``run_dir`` (Slurm's or the local
+    executor's)."""
+    found = {}
+    pattern = f"(submitit.core._submit|cluster.slurm.task_runner) {run_dir}"
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    for pid in map(int, out.split()):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if Path(f"/proc/{pid}/comm").read_text().strip().startswith("python"):
+                values = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
+                rank = values.get("SLURM_PROCID", values.get("SUBMITIT_LOCAL_GLOBALID"))
+                if rank is not None:
+                    found[int(rank)] = pid
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found

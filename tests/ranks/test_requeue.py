@@ -1,7 +1,13 @@
-"""The stop protocol's decisions: causes read from Slurm's answers, budgets, and failed writes in a run."""
+"""The stop protocol's decisions: causes read from Slurm's answers, budgets, and failed writes in a run; and the
+protocol whole under submitit's local executor."""
 
 import datetime
+import os
+import random
 import resource
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -18,7 +24,16 @@ from cluster.runtime.supervisor import is_peer_failure
 from cluster.slurm.commands import own_job_id
 from jobs.settings import Requeue
 from jobs.user_errors import config_key
-from tests.helpers import read_summary, run_train
+from tests.helpers import (
+    INTERRUPTIBLE_RUN,
+    REPO,
+    events_named,
+    last_step,
+    rank_pids,
+    read_summary,
+    run_train,
+    wait_until,
+)
 
 SLURM = TaskEnvironment(started_by="slurm", rank=0, local_rank=0, world_size=2, node_rank=0, num_nodes=2,
                         master_addr="node1", master_port=20000, job_id="39", restart_count=0)
@@ -108,3 +123,49 @@ def test_failed_checkpoint_write_keeps_the_previous_one_and_is_reported(tmp_path
     assert read_summary(tmp_path)["steps"] == 10  # the summary is still the first run's
     failed = [e for e in read_events(tmp_path) if e["event"] == "checkpoint-failed"]
     assert [e["step"] for e in failed] == [15, 20]
+
+
+@pytest.mark.slow
+def test_local_executor_rehearses_preemption(tmp_path, reference, cpu_only_env):
+    """The protocol of tests/slurm/test_requeue_slurm.py under submitit's local executor: USR2 to one rank, at a
+    random step."""
+    expected = reference(*INTERRUPTIBLE_RUN)
+    local = ("cluster=local", "cluster.tasks_per_node=2")
+    command = [sys.executable, "-m", "jobs.train", *local, *INTERRUPTIBLE_RUN, f"hydra.run.dir={tmp_path}"]
+    with subprocess.Popen(command, cwd=REPO, env=cpu_only_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as launcher:
+        at = random.Random().randint(600, 2000)
+        wait_until(lambda: last_step(tmp_path) >= at, timeout=120, what=f"step {at}")
+        os.kill(rank_pids(tmp_path / "logs")[1], signal.SIGUSR2)  # only one rank hears it
+        out, err = launcher.communicate(timeout=240)
+    assert launcher.returncode == 0, err
+    assert "done: 3000 steps" in out
+    summary = read_summary(tmp_path)
+    assert summary["param_digest"] == expected.result()
+    signalled = events_named(tmp_path, "signalled")
+    assert signalled[0]["cause"] == "signal" and events_named(tmp_path, "requeued")[0]["cause"] == "signal"
+    assert summary["resumed_from_step"] == signalled[0]["step"] >= at
+    assert [e["restart"] for e in events_named(tmp_path, "started")] == [0, 1]
+
+
+@pytest.mark.slow
+def test_job_over_its_budget_ends_with_the_reason(tmp_path, cpu_only_env):
+    """requeue.preemption=0: the first warning saves, and the job ends FAILED with why, instead of coming back."""
+    # signal_lead_s=0: no save can fit between the warning and the end, which the run must say
+    command = [sys.executable, "-m", "jobs.train", "cluster=local", "cluster.tasks_per_node=2", *INTERRUPTIBLE_RUN,
+               "requeue.preemption=0", "cluster.signal_lead_s=0", f"hydra.run.dir={tmp_path}"]
+    with subprocess.Popen(command, cwd=REPO, env=cpu_only_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as launcher:
+        wait_until(lambda: last_step(tmp_path) >= 600, timeout=120, what="step 600")
+        os.kill(rank_pids(tmp_path / "logs")[0], signal.SIGUSR2)
+        out, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 1
+    assert "job ends: stopped by signal at step" in err and "preemption budget of 0 requeue(s) spent" in err, err
+    final = [e for e in events_named(tmp_path, "failed") if e["kind"] == "final"]
+    assert final and "requeue.preemption=0" in final[0]["reason"]
+    step = events_named(tmp_path, "signalled")[0]["step"]
+    assert (tmp_path / "checkpoints" / f"step-{step:06d}").is_dir()  # the work is saved all the same
+    assert not (tmp_path / "summary.json").exists()
+    warning = events_named(tmp_path, "warning")[0]["reason"]
+    assert "longer than the 0 s between the warning signal and the end" in warning
+    assert "raise cluster.signal_lead_s" in warning

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from cluster.rundir import read_events
-from tests.helpers import cli, read_manifest, run_sweep, run_train, wait_done
-from tests.slurm.test_requeue_slurm import events_named, last_step, preempt_everything, wait_until
+from tests.helpers import cli, events_named, last_step, read_manifest, run_sweep, run_train, wait_done, wait_until
+from tests.slurm.test_requeue_slurm import preempt_everything
 from tests.slurm.test_run_dir_safety import left_queue, sacct, submitted_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from cluster.rundir import read_events
-from tests.helpers import REPO, cli, squeue_ids
+from tests.helpers import REPO, cli, in_background, squeue_ids, wait_until
 from tests.ranks.test_cluster_run import API_SCRIPT, cluster_run, digest_of
-from tests.slurm.test_requeue_slurm import in_queue, preempt_everything, wait_until
+from tests.slurm.test_requeue_slurm import in_queue, preempt_everything
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 TWO_NODES = ("--nodes", "2", "--timeout-min", "10")
@@ -41,8 +41,7 @@ def test_an_unmodified_torchrun_script_all_reduces_across_two_nodes(tmp_path):
 
 
 def test_an_api_script_preempted_on_slurm_ends_as_an_uninterrupted_run(tmp_path):
-    reference = cluster_run(tmp_path / "reference", *API_SCRIPT, "--steps", "5000")
-    assert reference.returncode == 0, reference.stderr[-3000:]
+    reference = in_background(cluster_run, tmp_path / "reference", *API_SCRIPT, "--steps", "5000")
     run_dir = tmp_path / "slurm"
     job = submitted(cluster_run(run_dir, *API_SCRIPT, "--steps", "5000", options=TWO_NODES))
     at = random.Random().randint(300, 1500)
@@ -56,7 +55,9 @@ def test_an_api_script_preempted_on_slurm_ends_as_an_uninterrupted_run(tmp_path)
     assert signalled and signalled[0]["cause"] == "preemption", events
     assert [e["step"] for e in events if e["event"] == "resumed"] == [signalled[0]["step"]]
     assert events[-1]["event"] == "finished"
-    assert digest_of(rank0_log(run_dir, job)) == digest_of(reference.stdout)
+    uninterrupted = reference.result()
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    assert digest_of(rank0_log(run_dir, job)) == digest_of(uninterrupted.stdout)
 
 
 def test_a_plain_script_killed_by_the_warning_is_requeued(tmp_path):

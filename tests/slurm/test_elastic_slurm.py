@@ -9,10 +9,10 @@ import subprocess
 import pytest
 import torch
 
-from tests.helpers import cli, final_model, squeue_ids
+from tests.helpers import cli, events_named, final_model, in_background, last_step, squeue_ids, wait_until
 from tests.ranks.test_exact_resume import steps_read
 from tests.ranks.test_user_code import package, train  # noqa: F401  (package: a fixture)
-from tests.slurm.test_requeue_slurm import events_named, last_step, wait_finished, wait_until
+from tests.slurm.test_requeue_slurm import wait_finished
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 # Float rounding (sums over 2 ranks vs. 4 micro-batches on 1) drifts the parameters apart step after step: ~1e-5
@@ -27,8 +27,8 @@ RUN = (f"train.steps={STEPS}", "train.global_batch_size=48", "train.log_every_st
 def test_an_elastic_job_preempted_by_a_three_node_job_comes_back_on_one_node(package, tmp_path):  # noqa: F811
     for log in ("log-whole", "log-slurm"):
         (tmp_path / log).mkdir()
-    train(package, *RUN, "cluster.tasks_per_node=2", f"data.log={tmp_path / 'log-whole'}",
-          f"hydra.run.dir={tmp_path / 'whole'}")
+    whole_run = in_background(train, package, *RUN, "cluster.tasks_per_node=2", f"data.log={tmp_path / 'log-whole'}",
+                              f"hydra.run.dir={tmp_path / 'whole'}")
     run_dir = tmp_path / "slurm"
     # Slurm starts an elastic job on what is free: with earlier tests' jobs still ending, it would get 1 node now
     wait_until(lambda: not squeue_ids(), timeout=180, what="an empty queue")
@@ -50,6 +50,7 @@ def test_an_elastic_job_preempted_by_a_three_node_job_comes_back_on_one_node(pac
     assert [e["world_size"] for e in events_named(run_dir, "started")] == [2, 1]
     assert [(e["step"], e["was"], e["world_size"]) for e in events_named(run_dir, "resized")] == [(stop, 2, 1)]
     assert [e["accumulation"] for e in events_named(run_dir, "layout")] == [2, 4]  # 48 = 2 x 2 x 12 = 1 x 4 x 12
+    whole_run.result()
     whole = steps_read(tmp_path / "log-whole", segments=[(2, STEPS)], global_batch=48)
     assert steps_read(tmp_path / "log-slurm", segments=[(2, stop), (1, STEPS - stop)], global_batch=48) == whole
     one, elastic = final_model(tmp_path / "whole"), final_model(run_dir)

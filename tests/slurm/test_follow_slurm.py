@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from tests.helpers import REPO
-from tests.slurm.test_requeue_slurm import in_queue, wait_until
+from tests.helpers import REPO, wait_until
+from tests.slurm.test_requeue_slurm import in_queue
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 

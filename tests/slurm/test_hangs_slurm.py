@@ -12,16 +12,8 @@ import pytest
 
 from cluster.rundir import read_events
 from cluster.slurm.hostlist import expand_hostlist
-from tests.helpers import REPO
-from tests.slurm.test_requeue_slurm import (
-    RUN,
-    events_named,
-    last_step,
-    rank_pids,
-    submit,
-    wait_finished,
-    wait_until,
-)
+from tests.helpers import INTERRUPTIBLE_RUN, REPO, events_named, last_step, rank_pids, wait_until
+from tests.slurm.test_requeue_slurm import submit, wait_finished
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 HANG_TIMEOUT_S = 10
@@ -39,7 +31,8 @@ def nodes_of_run(run_dir, restart: int) -> list[str]:
 
 
 def test_a_frozen_rank_ends_the_job_in_time_and_the_requeued_job_runs_without_its_node(tmp_path, reference):
-    job = submit(tmp_path, *RUN, f"distributed.hang_timeout_s={HANG_TIMEOUT_S}")
+    expected = reference(*INTERRUPTIBLE_RUN)
+    job = submit(tmp_path, *INTERRUPTIBLE_RUN, f"distributed.hang_timeout_s={HANG_TIMEOUT_S}")
     # Late (checkpoints every 500 steps): the next run resumes from step 2000, little left to train.
     wait_until(lambda: last_step(tmp_path) >= 2200, timeout=120, what="step 2200")
     frozen = rank_pids(tmp_path)[0]  # rank 0: the hardest one, it holds the job's TCP store and writes the events
@@ -63,7 +56,7 @@ def test_a_frozen_rank_ends_the_job_in_time_and_the_requeued_job_runs_without_it
     assert events_named(tmp_path, "requeued")[0]["cause"] == "hang"
     assert events_named(tmp_path, "requeued")[0]["excluded"] == [node]
     assert node in nodes_of_run(tmp_path, 0) and node not in nodes_of_run(tmp_path, 1)
-    assert summary["param_digest"] == reference(*RUN)
+    assert summary["param_digest"] == expected.result()
     status = subprocess.run([sys.executable, "-m", "cluster", "status", str(tmp_path)], cwd=REPO, capture_output=True,
                             text=True, timeout=60).stdout
     assert f"hung at step {hung[0]['step']}: rank 0 on {node} sent no heartbeat for" in status, status
@@ -71,11 +64,12 @@ def test_a_frozen_rank_ends_the_job_in_time_and_the_requeued_job_runs_without_it
 
 
 def test_a_node_that_kills_its_rank_is_kept_out_and_the_job_ends_as_an_uninterrupted_run(tmp_path, reference):
+    expected = reference(*INTERRUPTIBLE_RUN)
     # The model's process dies whenever it runs on the node named in crash_node (from the test, once the job runs).
     # With one retry in the budget, the job can end well only if that node is not given to it again. The model is
-    # model=mlp built the same way: RUN's reference digest holds.
+    # model=mlp built the same way: INTERRUPTIBLE_RUN's reference digest holds.
     crash_node = tmp_path / "crash_node"
-    work = (*RUN, "model._target_=tests.scripts.faulty_node.make_model", f"model.crash_file={crash_node}",
+    work = (*INTERRUPTIBLE_RUN, "model._target_=tests.scripts.faulty_node.make_model", f"model.crash_file={crash_node}",
             "model.after=300", "requeue.failure=1", "distributed.hang_timeout_s=30", "distributed.timeout_s=120")
     job = submit(tmp_path / "run", *work)
     wait_until(lambda: last_step(tmp_path / "run") >= 1800, timeout=120, what="step 1800")
@@ -92,13 +86,14 @@ def test_a_node_that_kills_its_rank_is_kept_out_and_the_job_ends_as_an_uninterru
     assert failed and failed[0]["rank"] == 0 and failed[0]["kind"] == "peer" and failed[0]["suspects"] == [node]
     assert [e["nodes"] for e in events_named(tmp_path / "run", "excluded")] == [[node]]
     assert node not in nodes_of_run(tmp_path / "run", 1)
-    assert summary["param_digest"] == reference(*RUN)
+    assert summary["param_digest"] == expected.result()
 
 
 def test_a_node_whose_slurmd_dies_is_kept_out_and_returns_to_service_afterwards(tmp_path, reference):
+    expected = reference(*INTERRUPTIBLE_RUN)
     # 20 ms more a step in the first run: it lasts long enough for Slurm to declare the node down (SlurmdTimeout=30 s).
-    # The faulty node's model is model=mlp built the same way: RUN's reference digest holds.
-    work = (*RUN, "model._target_=tests.scripts.faulty_node.make_model", "model.slurm_step_ms=20")
+    # The faulty node's model is model=mlp built the same way: INTERRUPTIBLE_RUN's reference digest holds.
+    work = (*INTERRUPTIBLE_RUN, "model._target_=tests.scripts.faulty_node.make_model", "model.slurm_step_ms=20")
     job = submit(tmp_path, *work)
     wait_until(lambda: last_step(tmp_path) >= 200, timeout=120, what="step 200")
     node = nodes_of_run(tmp_path, 0)[1]  # rank 1's: not the node that runs the batch script
@@ -120,7 +115,7 @@ def test_a_node_whose_slurmd_dies_is_kept_out_and_returns_to_service_afterwards(
     excluded = events_named(tmp_path, "excluded")
     assert [e["nodes"] for e in excluded] == [[node]] and "Slurm lost it" in excluded[0]["reason"], excluded
     assert node not in nodes_of_run(tmp_path, 1)
-    assert summary["param_digest"] == reference(*RUN)
+    assert summary["param_digest"] == expected.result()
     back = wait_until(lambda: subprocess.run(["sinfo", "-h", "-n", node, "-o", "%t"], capture_output=True,
                                              text=True).stdout.split()[:1] == ["idle"], timeout=60,
                       what=f"{node} back in service")
@@ -128,10 +123,11 @@ def test_a_node_whose_slurmd_dies_is_kept_out_and_returns_to_service_afterwards(
 
 
 def test_the_health_check_keeps_a_broken_node_out_before_any_training_step(tmp_path, reference, monkeypatch):
+    work = ("train.steps=200", "train.global_batch_size=64", "train.checkpoint_every_steps=100")
+    expected = reference(*work)
     # The check fails on node1 and node2 (as a broken GPU or network would make it): whichever of them the job gets
     # first is kept out, and the job trains on node3 and node4 only.
     monkeypatch.setenv("CLUSTERJOBS_HEALTH_FAIL", "node1,node2")
-    work = ("train.steps=200", "train.global_batch_size=64", "train.checkpoint_every_steps=100")
     job = submit(tmp_path, *work, "cluster.health_check=true")
     summary = wait_finished(job, tmp_path, timeout=240)
     health = events_named(tmp_path, "health")
@@ -144,4 +140,4 @@ def test_the_health_check_keeps_a_broken_node_out_before_any_training_step(tmp_p
     assert set(nodes_of_run(tmp_path, last)) == {"node3", "node4"}
     trained_before = [e for e in read_events(tmp_path) if e["restart"] < last and e["event"] == "checkpointed"]
     assert not trained_before and summary["resumed_from_step"] == 0  # no training time spent on a bad node
-    assert summary["param_digest"] == reference(*work)
+    assert summary["param_digest"] == expected.result()

@@ -1,4 +1,5 @@
-"""Preemption, requeue, time limits and crashes on the real local Slurm cluster (and the local executor).
+"""Preemption, requeue, time limits and crashes on the real local Slurm cluster (the local executor's rehearsal
+of them is in ``tests/ranks/test_requeue.py``).
 
 Every scenario ends with the same parameter digest as an uninterrupted run of the same config.
 """
@@ -8,18 +9,23 @@ import os
 import random
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from cluster.rundir import read_events
-from tests.helpers import REPO, read_summary, run_train
+from tests.helpers import (
+    INTERRUPTIBLE_RUN,
+    REPO,
+    events_named,
+    last_step,
+    rank_pids,
+    read_summary,
+    run_train,
+    wait_until,
+)
 
-pytestmark = [pytest.mark.slow]
-# 2 ranks, ~130 steps/s on the local cluster: long enough to interrupt, short enough to wait for.
-RUN = ("train.steps=3000", "train.global_batch_size=128", "train.log_every_steps=20",
-       "train.checkpoint_every_steps=500")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 TWO_NODES = ("cluster=slurm", "cluster.nodes=2", "cluster.timeout_min=10")
 # dp 2 x pp 2 over 2 nodes x 2 tasks: ~20 steps/s here, so 800 steps leave time to preempt it.
 HYBRID = ("model=transformer", "model.depth=2", "data.image_shape=[1,8,8]", "strategy=hybrid", "train.steps=800",
@@ -29,24 +35,6 @@ HYBRID = ("model=transformer", "model.depth=2", "data.image_shape=[1,8,8]", "str
 def submit(run_dir: Path, *overrides: str, tasks_per_node: int = 1) -> str:
     result = run_train(*TWO_NODES, f"cluster.tasks_per_node={tasks_per_node}", *overrides, f"hydra.run.dir={run_dir}")
     return result.stdout.split("submitted job ")[1].split()[0]
-
-
-def last_step(run_dir: Path) -> int:
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return 0
-    return json.loads(lines[-1])["step"] if lines else 0
-
-
-def wait_until(condition, *, timeout: float, what: str, poll: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def in_queue(job_id: str) -> bool:
@@ -64,39 +52,17 @@ def wait_finished(job_id: str, run_dir: Path, *, timeout: float) -> dict:
     return read_summary(run_dir)
 
 
-def rank_pids(run_dir: Path) -> dict[int, int]:
-    """rank -> pid of the training processes of a job whose logs are in ``run_dir``."""
-    found = {}
-    pattern = f"(submitit.core._submit|cluster.slurm.task_runner) {run_dir}"
-    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
-    for pid in map(int, out.split()):
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            if Path(f"/proc/{pid}/comm").read_text().strip().startswith("python"):
-                values = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
-                rank = values.get("SLURM_PROCID", values.get("SUBMITIT_LOCAL_GLOBALID"))
-                if rank is not None:
-                    found[int(rank)] = pid
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return found
-
-
 def preempt_everything() -> None:
     """A job in the high partition that wants every node: Slurm preempts what runs in debug."""
     subprocess.run(["sbatch", "-p", "high", "--nodes=4", "--exclusive", "--time=1", "--output=/dev/null",
                     "--wrap", "sleep 3"], check=True, capture_output=True)
 
 
-def events_named(run_dir: Path, name: str) -> list[dict]:
-    return [e for e in read_events(run_dir) if e["event"] == name]
-
-
-@pytest.mark.usefixtures("slurm_cluster")
 def test_preemption_by_the_high_partition_at_a_random_step(tmp_path, reference):
+    expected = reference(*INTERRUPTIBLE_RUN)
     name = f"preempted-{tmp_path.name}"
-    command = [os.sys.executable, "-m", "jobs.train", *TWO_NODES, "cluster.tasks_per_node=1", *RUN, "cluster.wait=true",
-               f"cluster.job_name={name}", f"hydra.run.dir={tmp_path}"]
+    command = [os.sys.executable, "-m", "jobs.train", *TWO_NODES, "cluster.tasks_per_node=1", *INTERRUPTIBLE_RUN,
+               "cluster.wait=true", f"cluster.job_name={name}", f"hydra.run.dir={tmp_path}"]
     # The submitting side waits (cluster.wait=true): a requeue must not look like the end to it.
     waiting = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -108,7 +74,7 @@ def test_preemption_by_the_high_partition_at_a_random_step(tmp_path, reference):
     out, err = waiting.communicate(timeout=300)
     summary = wait_finished(job, tmp_path, timeout=60)
     assert waiting.returncode == 0 and "done: 3000 steps" in out, err
-    assert summary["param_digest"] == reference(*RUN) and summary["param_digest"] in out
+    assert summary["param_digest"] == expected.result() and summary["param_digest"] in out
     signalled, requeued = events_named(tmp_path, "signalled"), events_named(tmp_path, "requeued")
     assert signalled[0]["cause"] == "preemption" and signalled[0]["signal"] == "USR2"
     assert requeued[0]["cause"] == "preemption"
@@ -117,7 +83,6 @@ def test_preemption_by_the_high_partition_at_a_random_step(tmp_path, reference):
     assert events_named(tmp_path, "resumed")[0]["step"] == signalled[0]["step"]
 
 
-@pytest.mark.usefixtures("slurm_cluster")
 def dry_run_layout(*overrides: str) -> dict[int, tuple[int, int, list[str], list[int]]]:
     """rank -> (node, local rank, layers, dp peers), as a dry run's rank layout table predicts them."""
     table = run_train(*overrides, "cluster.dry_run=true").stdout.split("dp peers\n")[1].split("\n\n")[0]
@@ -131,6 +96,7 @@ def dry_run_layout(*overrides: str) -> dict[int, tuple[int, int, list[str], list
 
 
 def test_hybrid_keeps_pipelines_inside_a_node_and_resumes_exactly_after_preemption(tmp_path, reference):
+    expected = reference(*HYBRID, ranks=4)
     predicted = dry_run_layout(*TWO_NODES, "cluster.tasks_per_node=2", *HYBRID, f"hydra.run.dir={tmp_path / 'dry'}")
     assert not (tmp_path / "dry" / "logs").exists()  # a dry run submits nothing
     job = submit(tmp_path, *HYBRID, tasks_per_node=2)
@@ -139,7 +105,7 @@ def test_hybrid_keeps_pipelines_inside_a_node_and_resumes_exactly_after_preempti
     wait_until(lambda: last_step(tmp_path) >= at, timeout=180, what=f"step {at}")
     preempt_everything()
     summary = wait_finished(job, tmp_path, timeout=300)
-    assert summary["param_digest"] == reference(*HYBRID, ranks=4)
+    assert summary["param_digest"] == expected.result()
     signalled = events_named(tmp_path, "signalled")
     assert signalled[0]["cause"] == "preemption" and summary["resumed_from_step"] == signalled[0]["step"] >= at
     layouts = events_named(tmp_path, "layout")
@@ -157,28 +123,28 @@ def test_hybrid_keeps_pipelines_inside_a_node_and_resumes_exactly_after_preempti
                 for place in layout["ranks"]} == predicted
 
 
-@pytest.mark.usefixtures("slurm_cluster")
 def test_time_limit_is_crossed_by_requeues(tmp_path, reference):
     # A 1-minute limit with the warning 45 s before the end: Slurm's coarse timer sent it 10-33 s into
     # the job here, leaving ~4-27 s of training per allocation. At 130-220 steps/s (it varies from one
     # machine and minute to the next; 4000 steps once fitted in 18 s, before any warning) 9000 steps
     # need two allocations or more. Slurm may send it up to 60 s early, even before Python has started:
     # cluster.slurm.task_runner catches it, and that run stops after one step.
-    long_run = (*RUN[1:], "train.steps=9000")
+    long_run = (*INTERRUPTIBLE_RUN[1:], "train.steps=9000")
+    expected = reference(*long_run)
     job = submit(tmp_path, *long_run, "cluster.timeout_min=1", "cluster.signal_lead_s=45", "requeue.time_limit=20")
     summary = wait_finished(job, tmp_path, timeout=900)
-    assert summary["param_digest"] == reference(*long_run)
+    assert summary["param_digest"] == expected.result()
     requeued = events_named(tmp_path, "requeued")
     assert len(requeued) >= 1 and {e["cause"] for e in requeued} == {"time-limit"}
     resumed = [e["step"] for e in events_named(tmp_path, "resumed")]
     assert resumed == [e["step"] for e in requeued]  # each run began where the one before stopped
 
 
-@pytest.mark.usefixtures("slurm_cluster")
 def test_sigkill_during_a_checkpoint_write_resumes_from_the_previous_one(tmp_path, reference):
     # A wide model makes each checkpoint ~50 MB, so a write lasts long enough to be caught.
     work = ("model.hidden=8192", "train.steps=120", "train.global_batch_size=64", "train.log_every_steps=5",
             "train.checkpoint_every_steps=10", "train.keep_checkpoints=10")
+    expected = reference(*work)
     job = submit(tmp_path, *work)
     root = tmp_path / "checkpoints"
 
@@ -198,48 +164,4 @@ def test_sigkill_during_a_checkpoint_write_resumes_from_the_previous_one(tmp_pat
     again = submit(tmp_path, *work)  # the next run: the same command
     summary = wait_finished(again, tmp_path, timeout=300)
     assert summary["resumed_from_step"] == int(valid[-1].split("-")[1])
-    assert summary["param_digest"] == reference(*work)
-
-
-def test_local_executor_rehearses_preemption(tmp_path, reference, cpu_only_env):
-    """The same protocol under submitit's local executor: USR2 to one rank, at a random step."""
-    local = ("cluster=local", "cluster.tasks_per_node=2")
-    command = [os.sys.executable, "-m", "jobs.train", *local, *RUN, f"hydra.run.dir={tmp_path}"]
-    repo = REPO
-    with subprocess.Popen(command, cwd=repo, env=cpu_only_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as launcher:
-        at = random.Random().randint(600, 2000)
-        wait_until(lambda: last_step(tmp_path) >= at, timeout=120, what=f"step {at}")
-        os.kill(rank_pids(tmp_path / "logs")[1], signal.SIGUSR2)  # only one rank hears it
-        out, err = launcher.communicate(timeout=240)
-    assert launcher.returncode == 0, err
-    assert "done: 3000 steps" in out
-    summary = read_summary(tmp_path)
-    assert summary["param_digest"] == reference(*RUN)
-    signalled = events_named(tmp_path, "signalled")
-    assert signalled[0]["cause"] == "signal" and events_named(tmp_path, "requeued")[0]["cause"] == "signal"
-    assert summary["resumed_from_step"] == signalled[0]["step"] >= at
-    assert [e["restart"] for e in events_named(tmp_path, "started")] == [0, 1]
-
-
-def test_job_over_its_budget_ends_with_the_reason(tmp_path, cpu_only_env):
-    """requeue.preemption=0: the first warning saves, and the job ends FAILED with why, instead of coming back."""
-    # signal_lead_s=0: no save can fit between the warning and the end, which the run must say
-    command = [os.sys.executable, "-m", "jobs.train", "cluster=local", "cluster.tasks_per_node=2", *RUN,
-               "requeue.preemption=0", "cluster.signal_lead_s=0", f"hydra.run.dir={tmp_path}"]
-    repo = REPO
-    with subprocess.Popen(command, cwd=repo, env=cpu_only_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as launcher:
-        wait_until(lambda: last_step(tmp_path) >= 600, timeout=120, what="step 600")
-        os.kill(rank_pids(tmp_path / "logs")[0], signal.SIGUSR2)
-        out, err = launcher.communicate(timeout=120)
-    assert launcher.returncode == 1
-    assert "job ends: stopped by signal at step" in err and "preemption budget of 0 requeue(s) spent" in err, err
-    final = [e for e in events_named(tmp_path, "failed") if e["kind"] == "final"]
-    assert final and "requeue.preemption=0" in final[0]["reason"]
-    step = events_named(tmp_path, "signalled")[0]["step"]
-    assert (tmp_path / "checkpoints" / f"step-{step:06d}").is_dir()  # the work is saved all the same
-    assert not (tmp_path / "summary.json").exists()
-    warning = events_named(tmp_path, "warning")[0]["reason"]
-    assert "longer than the 0 s between the warning signal and the end" in warning
-    assert "raise cluster.signal_lead_s" in warning
+    assert summary["param_digest"] == expected.result()

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, read_summary, squeue_ids
+from tests.helpers import REPO, events_named, in_background, last_step, read_summary, squeue_ids, wait_until
 from tests.ranks.test_user_code import package  # noqa: F401  (the fixture)
-from tests.slurm.test_requeue_slurm import events_named, last_step, preempt_everything, wait_finished, wait_until
+from tests.slurm.test_requeue_slurm import preempt_everything, wait_finished
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 RUN = ("model.dropout=0.1", "train.steps=3000", "train.global_batch_size=64", "train.log_every_steps=20",
@@ -28,7 +28,8 @@ def user_train(package_dir, *overrides: str) -> subprocess.CompletedProcess:
 
 
 def test_a_user_package_preempted_on_two_nodes_ends_as_an_uninterrupted_run(package, tmp_path):  # noqa: F811
-    user_train(package, "cluster.tasks_per_node=4", f"hydra.run.dir={tmp_path / 'reference'}")
+    uninterrupted = tmp_path / "reference"
+    reference = in_background(user_train, package, "cluster.tasks_per_node=4", f"hydra.run.dir={uninterrupted}")
     run_dir = tmp_path / "slurm"
     submitted = user_train(package, "cluster=slurm", "cluster.nodes=2", "cluster.tasks_per_node=2",
                            "cluster.timeout_min=10", f"hydra.run.dir={run_dir}")
@@ -38,7 +39,8 @@ def test_a_user_package_preempted_on_two_nodes_ends_as_an_uninterrupted_run(pack
     wait_until(lambda: last_step(run_dir) >= at, timeout=180, what=f"step {at}")
     preempt_everything()
     summary = wait_finished(job, run_dir, timeout=300)
-    assert summary["param_digest"] == read_summary(tmp_path / "reference")["param_digest"]
+    reference.result()
+    assert summary["param_digest"] == read_summary(uninterrupted)["param_digest"]
     signalled = events_named(run_dir, "signalled")
     assert signalled[0]["cause"] == "preemption" and summary["resumed_from_step"] == signalled[0]["step"] >= at
     assert {place["host"] for place in events_named(run_dir, "layout")[0]["ranks"]} == {"node1", "node2"} or len(
