@@ -14,6 +14,12 @@ from tests.slurm.test_requeue_slurm import in_queue
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
 
+def as_a_terminals_foreground_job() -> None:
+    """SIGINT as a terminal's foreground job has it. The suite itself may run with SIGINT ignored (a shell's
+    background job: ``pytest &``), which every child inherits, and Python then leaves it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("command", [
     ("-m", "jobs.train", "cluster=slurm", "cluster.wait=true", "train.steps=100000"),
     ("-m", "cluster", "run", "--wait", "--", sys.executable, "-c", "import time; time.sleep(300)"),
@@ -23,7 +29,7 @@ def test_ctrl_c_while_following_leaves_the_job_running_and_says_so(tmp_path, com
     where = (f"hydra.run.dir={run_dir}",) if "jobs.train" in command else ("--run-dir", str(run_dir))
     args = (*command[:3], *where, *command[3:]) if "jobs.train" not in command else (*command, *where)
     following = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True)
+                                 text=True, preexec_fn=as_a_terminals_foreground_job)
     job = ""
     try:
         assert following.stdout is not None
