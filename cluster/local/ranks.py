@@ -16,7 +16,7 @@ from cluster.local.watchdog import exit_when_gone
 from cluster.submitit_compat import failure_text
 
 R = TypeVar("R")
-POLL_S = 0.5
+POLL_S = 0.1  # how soon the launcher sees its ranks end (a poll is one waitpid and a metrics read)
 
 
 class TaskFailedError(RuntimeError):
