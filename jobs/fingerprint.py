@@ -11,6 +11,7 @@ from jobs.targets import KEY, Target
 # Settings that may change between runs of one training: where the data lies and how it is read, and
 # how gradients are bucketed. train.steps and the log/checkpoint cadence are left out (train longer).
 _IGNORED = {"data": {"root", "download"}, "strategy": {"bucket_cap_mb", "fsdp_units"}}
+_ADDED_LATER = ("precision", "grad_clip_norm")  # train.*: count only when set, so older checkpoints still resume
 
 
 def fingerprint_config(model: Target, data: Target, loss: Target, optim: OptimConfig, strategy: StrategyConfig,
@@ -23,6 +24,9 @@ def fingerprint_config(model: Target, data: Target, loss: Target, optim: OptimCo
         group: {k: v for k, v in settings.items() if k not in _IGNORED.get(group, ())}
         for group, settings in groups.items()}
     relevant["train"] = {"global_batch_size": train.global_batch_size, "seed": train.seed}
+    defaults = TrainConfig()
+    relevant["train"].update({key: getattr(train, key) for key in _ADDED_LATER
+                              if getattr(train, key) != getattr(defaults, key)})
     return _flatten(json.loads(json.dumps(relevant)))
 
 

@@ -20,11 +20,13 @@ from cluster.runtime.job import Job
 from cluster.runtime.loader import ResumableLoader
 from cluster.runtime.rng import seed_everything
 from jobs.data import DatasetInfo, describe
+from jobs.grad_norm import clip_to, global_grad_norm
 from jobs.metrics import MetricsLog, ProgressLine
 from jobs.optim import build_optimizer, build_scheduler
-from jobs.parallelize import parallelize
+from jobs.parallelize import parallelize, sharded_by_fsdp
 from jobs.pipeline import gather_places, gather_state, pipeline_step
 from jobs.plan import JobPlan
+from jobs.precision import Precision, precision_for
 from jobs.strategies import gradient_sync, unwrap
 from jobs.targets import Target
 
@@ -68,12 +70,18 @@ class Trainee:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loss_fn: Callable[..., torch.Tensor]  # (output, target) -> a micro-batch's share of the step's mean loss
+    precision: Precision  # where forward and backward run in lower precision, and fp16's loss scaler
     accumulation: int = 1  # forward/backward passes per optimizer step (ParallelDims.accumulation)
     pipeline: Any = None  # this rank's jobs.pipeline.Pipeline, when the model is cut into stages
+    grad_clip_norm: float = 0.0  # train.grad_clip_norm (0: no clipping)
     loss: float = float("nan")  # global mean loss of the last logged step
+    grad_norm: torch.Tensor | None = None  # the gradient's global norm before clipping, at the last measured step
 
     def state(self) -> dict[str, Any]:
-        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "last_loss": self}
+        state = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "last_loss": self}
+        if self.precision.scaler is not None:
+            state["loss_scale"] = self.precision
+        return state
 
     def state_dict(self) -> dict[str, float]:  # the loss of the step a checkpoint holds, for a resumed summary
         return {"loss": self.loss}
@@ -94,11 +102,14 @@ def train(plan: JobPlan, job: Job) -> dict[str, Any] | None:
     seed_everything(cfg.seed)  # the same initial model on every rank
     data = describe(plan.data)
     loss_fn = _share_of(plan.loss.as_loss(), dims.accumulation)  # each forward/backward's share of the step's loss
+    precision = precision_for(cfg.precision, device=device, fsdp_sharded=sharded_by_fsdp(plan, dims))
     model, pipeline = parallelize(build_model(plan.model, data), plan, dims, rank=env.rank, device=device,
-                                  sample_shape=data.sample_shape, loss_fn=loss_fn, example=data.example)
+                                  sample_shape=data.sample_shape, loss_fn=_stage_loss(loss_fn, precision),
+                                  example=data.example)
     optimizer = build_optimizer(plan.optim, model.parameters())
     trainee = Trainee(model, optimizer, build_scheduler(plan.optim, optimizer, total_steps=cfg.steps),
-                      loss_fn=loss_fn, accumulation=dims.accumulation, pipeline=pipeline)
+                      loss_fn=loss_fn, precision=precision, accumulation=dims.accumulation, pipeline=pipeline,
+                      grad_clip_norm=cfg.grad_clip_norm)
     seed_everything(cfg.seed + 1 + env.rank)  # per-rank streams (dropout, augmentation) from here on
     state = trainee.state()
     resumed_from = job.resume(state)
@@ -118,10 +129,10 @@ def train(plan: JobPlan, job: Job) -> dict[str, Any] | None:
     model.train()
     while job.step < cfg.steps:
         for inputs, targets in loader:
-            loss = _step(trainee, inputs.to(device), targets.to(device))
+            loss = _step(trainee, inputs.to(device), targets.to(device), measure=_logged(job.step + 1, cfg))
             interval_steps += 1
             stop = job.end_step()
-            log_now = job.step % cfg.log_every_steps == 0 or job.step in (1, cfg.steps)
+            log_now = _logged(job.step, cfg)
             save_now = stop or job.checkpoint_due() or job.step == cfg.steps
             if log_now or save_now:
                 trainee.loss = global_mean(loss, contributors=dims.dp)
@@ -131,8 +142,11 @@ def train(plan: JobPlan, job: Job) -> dict[str, Any] | None:
             if log_now:
                 now = time.perf_counter()
                 record = {"step": job.step, "loss": trainee.loss, "lr": trainee.scheduler.get_last_lr()[0],
+                          "grad_norm": trainee.grad_norm.item() if trainee.grad_norm is not None else None,
                           "samples_per_s": interval_steps * cfg.global_batch_size / (now - interval_start),
                           "time": round(time.time(), 3)}
+                if precision.scaler is not None:
+                    record["loss_scale"] = precision.loss_scale()  # halved after each step that overflowed
                 interval_start, interval_steps = now, 0
                 if metrics is not None and progress is not None:
                     metrics.write(record)
@@ -157,6 +171,20 @@ class TrainingDivergedError(FloatingPointError):
     """The loss is no longer a number; resuming exactly from the last checkpoint would only repeat it."""
 
 
+def _logged(step: int, cfg: Any) -> bool:
+    """Whether step ``step`` gets a metrics record (``train.log_every_steps``, the first and the last)."""
+    return step % cfg.log_every_steps == 0 or step in (1, cfg.steps)
+
+
+def _stage_loss(loss_fn: Callable[..., torch.Tensor], precision: Precision) -> Callable[..., torch.Tensor]:
+    """The loss a pipeline's last stage computes inside its schedule (and calls backward on): in fp32, scaled."""
+    def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with precision.full():
+            return precision.scale(loss_fn(output.float(), target))
+
+    return loss
+
+
 def _share_of(loss_fn: Callable[..., torch.Tensor], parts: int) -> Callable[..., torch.Tensor]:
     """The loss of one of ``parts`` equal micro-batches of a step, as a share of the step's mean loss."""
     if parts == 1:
@@ -164,22 +192,33 @@ def _share_of(loss_fn: Callable[..., torch.Tensor], parts: int) -> Callable[...,
     return lambda output, target: loss_fn(output, target) / parts
 
 
-def _step(trainee: Trainee, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _step(trainee: Trainee, inputs: torch.Tensor, targets: torch.Tensor, *, measure: bool) -> torch.Tensor:
     """One optimizer step on this replica's batch, in ``trainee.accumulation`` forward/backward passes whose
     gradients add up (synced over the replicas on the last); the batch's mean loss (0 on a pipeline stage
-    without the loss)."""
+    without the loss). The gradient's global norm is measured when clipping, or when ``measure``."""
     trainee.optimizer.zero_grad(set_to_none=True)
-    parts = trainee.accumulation
+    precision, parts = trainee.precision, trainee.accumulation
     total = torch.zeros((), device=inputs.device)
     for index, (chunk, target) in enumerate(zip(inputs.chunk(parts), targets.chunk(parts), strict=True)):
-        if trainee.pipeline is not None:  # its schedule computes the loss (the same share)
-            total += pipeline_step(trainee.pipeline, chunk, target, accumulate=index > 0)
+        if trainee.pipeline is not None:  # its schedule computes the loss (the same share, scaled)
+            with precision.autocast():
+                loss = pipeline_step(trainee.pipeline, chunk, target, accumulate=index > 0)
+            total += loss / precision.loss_scale()
             continue
         with gradient_sync(trainee.model, enabled=index == parts - 1):
-            loss = trainee.loss_fn(trainee.model(chunk), target)
-            loss.backward()
+            with precision.autocast():
+                output = trainee.model(chunk)
+            loss = trainee.loss_fn(output.float(), target)
+            precision.scale(loss).backward()
         total += loss.detach()
-    trainee.optimizer.step()
+    precision.unscale(trainee.optimizer)  # fp16: the true gradients, to measure and clip
+    if measure or trainee.grad_clip_norm:
+        parameters = list(trainee.model.parameters())
+        pp_group = trainee.pipeline.pp_group if trainee.pipeline is not None else None
+        trainee.grad_norm = global_grad_norm(parameters, pp_group=pp_group)
+        if trainee.grad_clip_norm:
+            clip_to(parameters, trainee.grad_clip_norm, trainee.grad_norm)
+    precision.step(trainee.optimizer)  # fp16: skipped when a rank's gradients overflowed
     trainee.scheduler.step()
     return total
 
@@ -198,6 +237,7 @@ def _write_summary(trainee: Trainee, job: Job, plan: JobPlan, *, elapsed_s: floa
         "device": str(job.device),
         "resumed_from_step": job.resumed_from,
         "train_seconds": round(elapsed_s, 3),
+        "precision": plan.train.precision,
         "last_checkpoint": str(last.resolve()) if (last := job.last_checkpoint()) else None,
     }
     write_json(RunDir(job.run_dir).summary, summary)

@@ -11,6 +11,7 @@ from cluster.parallel_dims import ParallelDims
 from cluster.runtime.process_group import device_mesh
 from jobs.pipeline import Pipeline, apply_pipeline
 from jobs.plan import JobPlan
+from jobs.precision import fsdp_policy
 from jobs.strategies import apply_ddp, apply_fsdp, apply_single
 
 
@@ -18,14 +19,16 @@ def parallelize(model: nn.Module, plan: JobPlan, dims: ParallelDims, *, rank: in
                 sample_shape: tuple[int, ...], loss_fn: Callable[..., torch.Tensor],
                 example: torch.Tensor | None = None) -> tuple[nn.Module, Pipeline | None]:
     """Apply the plan's strategy: the module to train, and the pipeline when there is one. ``example``: one input
-    as the data gives it (DDP lays out its buckets with it)."""
+    as the data gives it (DDP lays out its buckets with it). ``loss_fn``: what a pipeline's last stage computes
+    (and calls backward on)."""
     strategy = plan.strategy
+    mp_policy = fsdp_policy(plan.train.precision) if plan.train.precision != "fp32" else None
     if strategy.name == "ddp":
         sample = torch.stack([example, example]) if isinstance(example, torch.Tensor) else None
         return apply_ddp(model, device=device, bucket_cap_mb=strategy.bucket_cap_mb, sample=sample), None
     if strategy.name == "fsdp":
         return apply_fsdp(model.to(device), mesh=device_mesh(device, dp=dims.world_size),
-                          units=strategy.fsdp_units), None
+                          units=strategy.fsdp_units, mp_policy=mp_policy), None
     if not strategy.pipelined:
         return apply_single(model, device=device), None
     if dims.layers is None:  # a user's model: its layers are counted now that it is built
@@ -37,4 +40,10 @@ def parallelize(model: nn.Module, plan: JobPlan, dims: ParallelDims, *, rank: in
     return apply_pipeline(model, dims, rank=rank, mesh=mesh, device=device, sample_shape=sample_shape,
                           schedule=strategy.schedule, replicate=strategy.replicate,
                           bucket_cap_mb=strategy.bucket_cap_mb, loss_fn=loss_fn,
-                          split_points=strategy.split_points, fsdp_units=strategy.fsdp_units)
+                          split_points=strategy.split_points, fsdp_units=strategy.fsdp_units, mp_policy=mp_policy)
+
+
+def sharded_by_fsdp(plan: JobPlan, dims: ParallelDims) -> bool:
+    """Whether FSDP2 holds the parameters (its policy then casts them for a lower precision, not autocast)."""
+    strategy = plan.strategy
+    return strategy.name == "fsdp" or (strategy.pipelined and strategy.replicate == "fsdp" and dims.dp > 1)

@@ -18,19 +18,22 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.pipelining import (
-    PipelineStage,
-    Schedule1F1B,
-    ScheduleGPipe,
-    ScheduleInterleaved1F1B,
-    SplitPoint,
-    pipeline,
-)
+from torch.distributed.fsdp import MixedPrecisionPolicy
 
 from cluster.parallel_dims import ParallelDims
+from jobs.precision import fp32_outputs
 from jobs.strategies import apply_ddp, apply_fsdp
 
-SCHEDULES: dict[str, Callable[..., object]] = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
+# torch.distributed.pipelining is imported where a model is cut: it adds ~0.5 s to every rank's start otherwise.
+
+
+def schedule_class(name: str) -> Callable[..., object]:
+    """``strategy.schedule``'s class: gpipe and 1f1b drive one stage per rank, interleaved a list of them."""
+    from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
+
+    classes: dict[str, Callable[..., object]] = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B,
+                                                 "interleaved": ScheduleInterleaved1F1B}
+    return classes[name]
 
 
 @dataclasses.dataclass
@@ -40,6 +43,7 @@ class Pipeline:
     schedule: object  # a torch.distributed.pipelining schedule
     is_first: bool  # holds stage 0: feeds the inputs
     is_last: bool  # holds the last stage: computes the loss
+    pp_group: dist.ProcessGroup  # the ranks of this pipeline
     pp_ranks: list[int]  # the global ranks of this rank's pipeline, stage order
     dp_ranks: list[int]  # the global ranks holding the same stages (this rank's replicas)
     parameters: list[nn.Parameter] = dataclasses.field(default_factory=list)  # this rank's stages' parameters
@@ -61,6 +65,8 @@ def split_stages(model: nn.Module, dims: ParallelDims, *, split_points: tuple[st
             children = ", ".join(name for name, _ in model.named_children())
             raise ValueError(f"strategy.split_points {unknown} name no module of {type(model).__name__}; name modules "
                              f"by their path (its children: {children}; deeper ones as blocks.3)")
+        from torch.distributed.pipelining import SplitPoint, pipeline
+
         pipe = pipeline(model, mb_args=(microbatch,), split_spec=dict.fromkeys(split_points, SplitPoint.BEGINNING))
         return [pipe.get_stage_module(stage) for stage in range(pipe.num_stages)]
     if not isinstance(model, nn.Sequential) or len(model) != dims.layers:
@@ -123,11 +129,16 @@ def merge_stages(stages: list[nn.Module]) -> nn.Module:
 def apply_pipeline(model: nn.Module, dims: ParallelDims, *, rank: int, mesh: DeviceMesh, device: torch.device,
                    sample_shape: tuple[int, ...], schedule: str, replicate: str, bucket_cap_mb: float,
                    loss_fn: Callable[..., torch.Tensor], split_points: tuple[str, ...] = (),
-                   fsdp_units: tuple[str, ...] = ()) -> tuple[nn.Module, Pipeline]:
+                   fsdp_units: tuple[str, ...] = (), mp_policy: MixedPrecisionPolicy | None = None
+                   ) -> tuple[nn.Module, Pipeline]:
     """This rank's stages (as one module with the whole model's layer names) and its pipeline.
 
     ``mesh`` is the (dp, pp) device mesh; the returned module is what the optimizer and checkpoints see.
+    ``mp_policy``: mixed precision (``jobs.precision``); the stages then hand on fp32 activations, the boundaries'
+    dtype as laid out here.
     """
+    from torch.distributed.pipelining import PipelineStage
+
     _, pp_index = dims.coordinates(rank)
     microbatch = torch.zeros(dims.forward_batch_size, *sample_shape)
     all_stages = split_stages(model, dims, split_points=split_points, microbatch=microbatch)
@@ -136,8 +147,10 @@ def apply_pipeline(model: nn.Module, dims: ParallelDims, *, rank: int, mesh: Dev
     runners: list[PipelineStage] = []
     for index in mine:
         stage: nn.Module = all_stages[index].to(device)
+        if mp_policy is not None:
+            fp32_outputs(stage)
         if dims.dp > 1 and replicate == "fsdp":
-            stage = apply_fsdp(stage, mesh=mesh["dp"], units=fsdp_units, nested=not split_points)
+            stage = apply_fsdp(stage, mesh=mesh["dp"], units=fsdp_units, nested=not split_points, mp_policy=mp_policy)
         elif dims.dp > 1:
             stage = apply_ddp(stage, device=device, bucket_cap_mb=bucket_cap_mb, group=mesh["dp"].get_group())
         # Shapes given up front: torch 2.14 infers them by running the stage with grad enabled, which, through
@@ -147,17 +160,15 @@ def apply_pipeline(model: nn.Module, dims: ParallelDims, *, rank: int, mesh: Dev
                                      input_args=tuple(t.to(device) for t in boundaries[index]),
                                      output_args=tuple(t.to(device) for t in boundaries[index + 1])))
     # The loss is a mean per micro-batch; the schedule averages over them.
-    driver: object
-    if schedule == "interleaved":
-        driver = ScheduleInterleaved1F1B(runners, n_microbatches=dims.microbatches, loss_fn=loss_fn)  # type: ignore[arg-type]
-    else:
-        driver = SCHEDULES[schedule](runners[0], n_microbatches=dims.microbatches, loss_fn=loss_fn)
+    driver = schedule_class(schedule)(runners if schedule == "interleaved" else runners[0],
+                                      n_microbatches=dims.microbatches, loss_fn=loss_fn)
     if split_points:
         local = merge_stages([all_stages[index] for index in mine])
     else:
         local = nn.Sequential(collections.OrderedDict(
             (name, layer) for index in mine for name, layer in all_stages[index].named_children()))
     return local, Pipeline(schedule=driver, is_first=0 in mine, is_last=dims.stages - 1 in mine,
+                           pp_group=mesh["pp"].get_group(),
                            pp_ranks=dist.get_process_group_ranks(mesh["pp"].get_group()),
                            dp_ranks=dist.get_process_group_ranks(mesh["dp"].get_group()),
                            parameters=list(local.parameters()))

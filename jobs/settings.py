@@ -22,6 +22,7 @@ SCHEDULES_PP = ("gpipe", "1f1b", "interleaved")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine")
 CLUSTERS = ("local", "debug", "inline", "slurm")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @contextlib.contextmanager
@@ -158,10 +159,15 @@ class TrainConfig:
     async_checkpoint: bool = True  # write checkpoints in the background while training goes on (one at a time)
     allow_changes: tuple[str, ...] = ()  # fingerprint keys a resume may change ([optim.lr, layout.world_size])
     num_workers: int = 0  # DataLoader worker processes per rank (augmentation is seeded per sample: exact either way)
+    precision: str = "fp32"  # fp32, bf16 or fp16 (with loss scaling) for forward and backward; weights stay fp32
+    grad_clip_norm: float = 0.0  # clip the gradient to this global L2 norm (0: no clipping); logged as grad_norm
 
     def __post_init__(self) -> None:
         _tuples(self, "allow_changes")
         with config_keys("train"):
+            require_one_of("precision", self.precision, PRECISIONS)
+            if self.grad_clip_norm < 0:
+                raise SettingError("{k.grad_clip_norm} must not be negative; 0 turns clipping off")
             if self.num_workers < 0 or self.micro_batch_size < 0:
                 raise SettingError("{k.num_workers} and {k.micro_batch_size} must not be negative")
             require_positive(steps=self.steps, global_batch_size=self.global_batch_size,

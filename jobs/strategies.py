@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import fully_shard  # public since torch 2.6, the oldest we support
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # public since torch 2.6, our oldest
 from torch.nn.parallel import DistributedDataParallel
 
 from cluster.runtime.ddp import settle_buckets
@@ -50,15 +50,18 @@ def fsdp_units(model: nn.Module, class_names: tuple[str, ...] = ()) -> list[nn.M
     return [module for module in reversed(everything) if id(module) in chosen]  # inner units before outer ones
 
 
-def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh, units: tuple[str, ...] = (), nested: bool = True) -> nn.Module:
+def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh, units: tuple[str, ...] = (), nested: bool = True,
+               mp_policy: MixedPrecisionPolicy | None = None) -> nn.Module:
     """Shard parameters, gradients and optimizer state over ``mesh`` (FSDP2's ``fully_shard``): each of
     ``fsdp_units`` is its own unit, the root takes what is left. Gradients are averaged over the mesh by
     reduce-scatter, as DDP's all-reduce does. ``nested=False``: the model is one unit (a traced pipeline stage,
     whose graph reads its submodules' parameters directly, so their own units would never be gathered).
+    ``mp_policy``: the precision of gathered parameters and reduced gradients (``jobs.precision``).
     """
+    policy = mp_policy or MixedPrecisionPolicy()
     for unit in fsdp_units(model, units) if nested else ():
-        fully_shard(unit, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(unit, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 
 

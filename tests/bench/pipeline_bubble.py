@@ -30,9 +30,9 @@ from cluster.runtime.rng import seed_everything
 from jobs.data import DatasetInfo
 from jobs.loop import build_model
 from jobs.pipeline import (
-    SCHEDULES,
     Pipeline,
     pipeline_step,
+    schedule_class,
     split_stages,
     stage_boundaries,
 )
@@ -54,18 +54,19 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def stage_time(local: nn.Module, boundary_in: torch.Tensor, boundary_out: torch.Tensor, *, is_last: bool,
-               targets: torch.Tensor, repeats: int) -> float:
-    """Median seconds of this rank's stage alone: forward and backward of one micro-batch."""
+def stage_time(local: nn.Module, boundary_in: tuple[torch.Tensor, ...], boundary_out: tuple[torch.Tensor, ...], *,
+               is_last: bool, targets: torch.Tensor, repeats: int) -> float:
+    """Median seconds of this rank's stage alone: forward and backward of one micro-batch (``stage_boundaries``:
+    the tensors entering and leaving it)."""
     times = []
     for _ in range(repeats + 3):
-        inputs = torch.randn_like(boundary_in).requires_grad_(boundary_in.requires_grad)
+        inputs = [torch.randn_like(tensor).requires_grad_(tensor.requires_grad) for tensor in boundary_in]
         began = time.perf_counter()
-        outputs = local(inputs)
+        outputs = local(*inputs)
         if is_last:
             nn.functional.cross_entropy(outputs, targets).backward()
         else:
-            outputs.backward(torch.randn_like(boundary_out))
+            outputs.backward(torch.randn_like(boundary_out[0]))
         times.append(time.perf_counter() - began)
         local.zero_grad(set_to_none=True)
     return statistics.median(times[3:])
@@ -86,9 +87,10 @@ def measure(rank: int, args: argparse.Namespace, results: dict) -> None:
         local = stages[rank]
         runner = PipelineStage(local, rank, args.stages, torch.device("cpu"), group=pp_group,
                                input_args=boundaries[rank], output_args=boundaries[rank + 1])
-        schedule = SCHEDULES[args.schedule if m >= args.stages else "gpipe"]
+        schedule = schedule_class(args.schedule if m >= args.stages else "gpipe")
         pipeline = Pipeline(schedule(runner, n_microbatches=m, loss_fn=nn.functional.cross_entropy),
-                            is_first=rank == 0, is_last=rank == args.stages - 1, pp_ranks=[], dp_ranks=[])
+                            is_first=rank == 0, is_last=rank == args.stages - 1, pp_group=pp_group, pp_ranks=[],
+                            dp_ranks=[])
         targets = torch.randint(0, 10, (args.batch,))
         dist.barrier()
         alone = stage_time(local, boundaries[rank], boundaries[rank + 1], is_last=pipeline.is_last,

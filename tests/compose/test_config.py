@@ -72,6 +72,8 @@ def test_overrides_reach_typed_fields():
     ("optim.schedule=linear", "unknown optim.schedule 'linear'"),
     ("+train.epochs=3", "unknown setting train.epochs; train takes: steps, global_batch_size"),
     ("distributed.backend=mpi", "unknown distributed.backend"),
+    ("train.precision=fp8", "unknown train.precision 'fp8'; choose one of: fp32, bf16, fp16"),
+    ("train.grad_clip_norm=-1", "train.grad_clip_norm must not be negative; 0 turns clipping off"),
 ])
 def test_bad_values_raise_with_the_field_and_a_fix(override, message):
     with pytest.raises(ValueError, match=message):
@@ -153,6 +155,14 @@ def test_fingerprint_ignores_length_and_cadence_but_not_the_maths():
     assert plan("train.steps=5", "train.log_every_steps=1", "cluster.tasks_per_node=4").fingerprint_config() == base
     assert plan("optim.lr=0.01").fingerprint_config()["optim.lr"] == 0.01
     assert plan("train.seed=1").fingerprint_config() != base
+    assert plan("train.precision=bf16").fingerprint_config() == {**base, "train.precision": "bf16"}
+    assert plan("train.grad_clip_norm=1").fingerprint_config() == {**base, "train.grad_clip_norm": 1.0}
+
+
+def test_settings_added_later_leave_the_fingerprint_of_a_run_that_keeps_their_defaults_as_it_was():
+    """A checkpoint written before train.precision and train.grad_clip_norm existed still resumes."""
+    assert plan("train.precision=fp32", "train.grad_clip_norm=0").fingerprint_config() == plan().fingerprint_config()
+    assert not {"train.precision", "train.grad_clip_norm"} & set(plan().fingerprint_config())
 
 
 @pytest.mark.parametrize("override, message", [

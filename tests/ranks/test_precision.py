@@ -1,0 +1,97 @@
+"""Mixed precision and gradient clipping (``train.precision``, ``train.grad_clip_norm``) on gloo ranks: bf16 and
+fp16 end near fp32, fp16's loss scaler skips an overflowed step on every rank at once, and the norm clipped by is
+the whole model's, as one process measures it."""
+
+import json
+import shutil
+
+import pytest
+
+from tests.helpers import read_summary, run_train
+from tests.ranks.test_user_code import package, train  # noqa: F401  (package: a fixture)
+
+MLP = ("model=mlp", "train.steps=60", "train.global_batch_size=64", "train.log_every_steps=10",
+       "train.checkpoint_every_steps=0")
+# The seed article's MLP is not an nn.Sequential: its pipeline is cut where fc2 begins.
+STRATEGIES = {
+    "ddp": ("strategy=ddp",),
+    "fsdp": ("strategy=fsdp",),
+    "pipeline": ("strategy=pipeline", "strategy.split_points=[fc2]", "strategy.microbatches=2"),
+}
+# The final loss at a lower precision, against fp32's on the same data (the README states it).
+TOLERANCE = 0.02
+
+
+def records(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_bf16_and_fp16_end_within_the_tolerance_of_fp32(tmp_path, strategy):
+    losses = {}
+    for precision in ("fp32", "bf16", "fp16"):
+        run_dir = tmp_path / precision
+        run_train(*MLP, *STRATEGIES[strategy], f"train.precision={precision}", f"hydra.run.dir={run_dir}")
+        summary = read_summary(run_dir)
+        assert summary["precision"] == precision
+        losses[precision] = summary["final_loss"]
+    print(strategy, losses)
+    assert losses["fp32"] < records(tmp_path / "fp32")[0]["loss"] - 0.5  # it learned: the comparison means something
+    assert abs(losses["bf16"] - losses["fp32"]) <= TOLERANCE and abs(losses["fp16"] - losses["fp32"]) <= TOLERANCE
+    assert losses["bf16"] != losses["fp32"]  # the lower precision was used
+    assert all("loss_scale" in record for record in records(tmp_path / "fp16"))
+
+
+@pytest.mark.slow
+def test_an_overflow_on_one_stage_skips_the_step_on_every_rank(tmp_path):
+    """Stage 0's gradients overflow at step 5: the scaler halves its scale, and every rank skips that step, the
+    stage whose gradients were finite too; so the run ends as one whose gradients overflowed on both stages."""
+    run = ("model._target_=tests.scripts.overflow.make_model", "model.at=5", "model.microbatches=2",
+           "strategy=pipeline", "strategy.microbatches=2", "train.precision=fp16", "train.steps=12",
+           "train.global_batch_size=32", "train.log_every_steps=1", "train.checkpoint_every_steps=0")
+    run_train(*run, f"hydra.run.dir={tmp_path / 'one'}")
+    run_train(*run, "model.everywhere=true", f"hydra.run.dir={tmp_path / 'both'}")
+    scales = [record["loss_scale"] for record in records(tmp_path / "one")]
+    assert scales[3] == 2 * scales[4] and len(set(scales[:4])) == 1 and len(set(scales[4:])) == 1, scales
+    one, both = read_summary(tmp_path / "one"), read_summary(tmp_path / "both")
+    assert one["steps"] == 12 and one["final_loss"] == one["final_loss"]  # finished, and not NaN
+    assert one["param_digest"] == both["param_digest"]
+    assert records(tmp_path / "one")[4]["grad_norm"] == float("inf")
+
+
+CLIPPED = ("model.dropout=0.0", "data.jitter=0.0", "train.steps=8", "train.global_batch_size=48",
+           "train.log_every_steps=1", "train.checkpoint_every_steps=0", "train.grad_clip_norm=0.5")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy, ranks", [
+    (("strategy=fsdp",), 2),
+    (("strategy=pipeline", "strategy.split_points=[blocks.2]"), 2),
+    (("strategy=hybrid", "strategy.replicate=fsdp", "strategy.split_points=[blocks.2]"), 4),
+], ids=["fsdp", "pipeline", "hybrid-fsdp"])
+def test_the_clipped_norm_is_the_whole_models_as_one_process_measures_it(package, tmp_path, strategy, ranks):  # noqa: F811
+    train(package, *CLIPPED, "cluster=debug", "strategy=single", f"hydra.run.dir={tmp_path / 'one'}")
+    train(package, *CLIPPED, *strategy, f"cluster.tasks_per_node={ranks}", f"hydra.run.dir={tmp_path / 'p'}")
+    single = [record["grad_norm"] for record in records(tmp_path / "one")]
+    parallel = [record["grad_norm"] for record in records(tmp_path / "p")]
+    assert min(single) > 0.5  # clipped at every step: a wrong norm would change every step after it
+    assert parallel == pytest.approx(single, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_the_loss_scale_is_resumed_with_the_rest(tmp_path):
+    """Halved by an overflow before step 6, the scale is in the step-6 checkpoint: a run resumed from it goes on with
+    the halved scale, and ends as the uninterrupted run."""
+    run = ("model._target_=tests.scripts.overflow.make_model", "model.at=3", f"model.once_file={tmp_path / 'once'}",
+           "strategy=ddp", "train.precision=fp16", "train.steps=10", "train.global_batch_size=32",
+           "train.log_every_steps=1", "train.checkpoint_every_steps=6")
+    run_train(*run, f"hydra.run.dir={tmp_path / 'whole'}")
+    saved = tmp_path / "whole" / "checkpoints" / "step-000006"
+    shutil.copytree(saved, tmp_path / "split" / "checkpoints" / saved.name)
+    run_train(*run, f"hydra.run.dir={tmp_path / 'split'}")
+    whole, split = records(tmp_path / "whole"), records(tmp_path / "split")
+    # halved by the overflow (at step 2 or 3: DDP's bucket layout runs one backward pass before the first step)
+    assert whole[0]["loss_scale"] == 2 * whole[5]["loss_scale"] == 2 * whole[-1]["loss_scale"]
+    assert [r["loss_scale"] for r in split if r["step"] > 6] == [r["loss_scale"] for r in whole if r["step"] > 6]
+    assert read_summary(tmp_path / "split")["param_digest"] == read_summary(tmp_path / "whole")["param_digest"]
