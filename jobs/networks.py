@@ -3,7 +3,6 @@
 import math
 
 import torch
-import torchvision
 from torch import nn
 
 
@@ -38,6 +37,8 @@ def cnn(kinds: tuple[str, ...], channels: tuple[int, ...], in_channels: int, num
 
 def resnet18(in_channels: int, num_classes: int) -> nn.Module:
     """torchvision's ResNet-18, its stem taking the dataset's channel count."""
+    import torchvision  # here: it adds ~1 s to the start of every rank that builds another model
+
     model = torchvision.models.resnet18(num_classes=num_classes)
     if in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
