@@ -13,6 +13,7 @@ fp32 weights stay the master copy whatever the precision: the optimizer updates 
 
 import contextlib
 import dataclasses
+import warnings
 from typing import Any
 
 import torch
@@ -104,5 +105,11 @@ def precision_for(name: str, *, device: torch.device, fsdp_sharded: bool) -> Pre
         # The scaler's inf check is summed over all ranks (its default group): shards and stages skip together.
         scaler = ShardedGradScaler(device.type)
         scaler.scale(torch.zeros((), device=device))  # its scale made now: a stage without the loss never scales
+        # A skipped first step makes torch warn that the schedule stepped before the optimizer: here the schedule
+        # counts steps, skipped or not, as intended.
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        # Its inf flag and scale are 1-element tensors, which DTensor replicates against FSDP's sharded gradients
+        # (what is wanted), with a warning in every rank's log at every step.
+        warnings.filterwarnings("ignore", message="Found a non-scalar tensor with numel=1 and ndim!=0")
     return Precision(name, device, autocast_ops=not fsdp_sharded, scaler=scaler)
 
