@@ -26,18 +26,27 @@ def records(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory):
+    """The fp32 run every strategy's bf16 and fp16 runs are held to (in fp32 the strategies end as one process does,
+    within 1e-5 of the loss: tests/ranks/test_parallel.py), once for the module."""
+    run_dir = tmp_path_factory.mktemp("fp32")
+    run_train(*MLP, *STRATEGIES["ddp"], f"hydra.run.dir={run_dir}")
+    return run_dir
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
-def test_bf16_and_fp16_end_within_the_tolerance_of_fp32(tmp_path, strategy):
-    losses = {}
-    for precision in ("fp32", "bf16", "fp16"):
+def test_bf16_and_fp16_end_within_the_tolerance_of_fp32(tmp_path, fp32, strategy):
+    losses = {"fp32": read_summary(fp32)["final_loss"]}
+    for precision in ("bf16", "fp16"):
         run_dir = tmp_path / precision
         run_train(*MLP, *STRATEGIES[strategy], f"train.precision={precision}", f"hydra.run.dir={run_dir}")
         summary = read_summary(run_dir)
         assert summary["precision"] == precision
         losses[precision] = summary["final_loss"]
     print(strategy, losses)
-    assert losses["fp32"] < records(tmp_path / "fp32")[0]["loss"] - 0.5  # it learned: the comparison means something
+    assert losses["fp32"] < records(fp32)[0]["loss"] - 0.5  # it learned: the comparison means something
     assert abs(losses["bf16"] - losses["fp32"]) <= TOLERANCE and abs(losses["fp16"] - losses["fp32"]) <= TOLERANCE
     assert losses["bf16"] != losses["fp32"]  # the lower precision was used
     assert all("loss_scale" in record for record in records(tmp_path / "fp16"))
@@ -64,16 +73,24 @@ CLIPPED = ("model.dropout=0.0", "data.jitter=0.0", "train.steps=8", "train.globa
            "train.log_every_steps=1", "train.checkpoint_every_steps=0", "train.grad_clip_norm=0.5")
 
 
+@pytest.fixture(scope="module")
+def clipped_alone(package, tmp_path_factory):  # noqa: F811
+    """One process clipping the same model on the same batches, once for the module."""
+    run_dir = tmp_path_factory.mktemp("alone")
+    train(package, *CLIPPED, "cluster=debug", "strategy=single", f"hydra.run.dir={run_dir}")
+    return run_dir
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy, ranks", [
     (("strategy=fsdp",), 2),
     (("strategy=pipeline", "strategy.split_points=[blocks.2]"), 2),
     (("strategy=hybrid", "strategy.replicate=fsdp", "strategy.split_points=[blocks.2]"), 4),
 ], ids=["fsdp", "pipeline", "hybrid-fsdp"])
-def test_the_clipped_norm_is_the_whole_models_as_one_process_measures_it(package, tmp_path, strategy, ranks):  # noqa: F811
-    train(package, *CLIPPED, "cluster=debug", "strategy=single", f"hydra.run.dir={tmp_path / 'one'}")
+def test_the_clipped_norm_is_the_whole_models_as_one_process_measures_it(package, clipped_alone, tmp_path, strategy,  # noqa: F811
+                                                                        ranks):
     train(package, *CLIPPED, *strategy, f"cluster.tasks_per_node={ranks}", f"hydra.run.dir={tmp_path / 'p'}")
-    single = [record["grad_norm"] for record in records(tmp_path / "one")]
+    single = [record["grad_norm"] for record in records(clipped_alone)]
     parallel = [record["grad_norm"] for record in records(tmp_path / "p")]
     assert min(single) > 0.5  # clipped at every step: a wrong norm would change every step after it
     assert parallel == pytest.approx(single, rel=1e-5)
