@@ -12,8 +12,8 @@ from tests.helpers import REPO, in_background, read_summary, run_train, slurm_re
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, there when it is installed
 def pytest_xdist_make_scheduler(config, log):
-    """The two workers of ``addopts``: the Slurm tests one after another in one of them, from the start (the
-    longest chain), while the other fills their waits (Slurm's timers, requeues, timeouts) with the rest."""
+    """The workers of ``addopts``: the Slurm tests one after another in one of them, from the start (the
+    longest chain), while the others run the rest and fill their waits (Slurm's timers, requeues, timeouts)."""
     from tests.xdist_scheduling import SlurmTestsTogether
 
     return SlurmTestsTogether(config, log)

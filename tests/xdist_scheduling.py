@@ -1,4 +1,4 @@
-"""How pytest-xdist's two workers share the suite: every Slurm test in one of them, one after another.
+"""How pytest-xdist's workers share the suite: every Slurm test in one of them, one after another.
 
 The Slurm tests share the local cluster's 8 slots and its nodes (one test preempts, freezes or kills what the
 next would use), so two of them must never run at once. xdist's own ``--dist loadgroup`` cannot be trusted
