@@ -86,16 +86,15 @@ class Precision:
         self.scaler.update()
 
     def state_dict(self) -> dict[str, float]:
-        """The scaler's state for a checkpoint (a scale of 0: a run without one)."""
-        if self.scaler is None:
-            return {"scale": 0.0, "growth_tracker": 0}
+        """The scaler's state, for a checkpoint (fp16 runs only: ``jobs.loop.Trainee.state``)."""
+        assert self.scaler is not None
         state = self.scaler.state_dict()
         return {"scale": float(state["scale"]), "growth_tracker": int(state["_growth_tracker"])}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        if self.scaler is not None and state["scale"] > 0:  # a run without a scaler leaves the fresh one
-            self.scaler.load_state_dict({**self.scaler.state_dict(), "scale": float(state["scale"]),
-                                         "_growth_tracker": int(state["growth_tracker"])})
+        assert self.scaler is not None
+        self.scaler.load_state_dict({**self.scaler.state_dict(), "scale": float(state["scale"]),
+                                     "_growth_tracker": int(state["growth_tracker"])})
 
 
 def precision_for(name: str, *, device: torch.device, fsdp_sharded: bool) -> Precision:
