@@ -10,7 +10,7 @@ import time
 import pytest
 
 from cluster.rundir import read_events
-from tests.helpers import REPO, cli, run_sweep, run_train, squeue_ids, wait_done
+from tests.helpers import REPO, cli, events_named, run_sweep, run_train, squeue_ids, wait_done, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 LONG = ("cluster=slurm", "train.steps=200000", "train.checkpoint_every_steps=100000")
@@ -66,6 +66,8 @@ def test_a_second_submission_into_a_live_run_directory_is_refused_with_the_job_a
 def test_a_job_that_finds_another_live_job_in_its_directory_ends_without_training_there(tmp_path):
     first = submitted_job(run_train(*LONG, f"hydra.run.dir={tmp_path}"))
     try:
+        # the first job claims the directory again as it starts: fake the race only after that
+        wait_until(lambda: events_named(tmp_path, "started"), timeout=120, what=f"job {first} to start")
         (tmp_path / ".claim").write_text("0\n")  # as if a second job had got past the submission's check
         second = submitted_job(run_train(*LONG, f"hydra.run.dir={tmp_path}"))
         (tmp_path / ".claim").write_text(f"{first}\n")
