@@ -15,8 +15,9 @@ from cluster.rundir import read_events
 from cluster.runtime.checkpoint import read_whole
 
 REPO = Path(__file__).resolve().parent.parent
-# 2 ranks, ~130 steps/s here and on the local cluster: long enough to interrupt, short enough to wait for.
-INTERRUPTIBLE_RUN = ("train.steps=3000", "train.global_batch_size=128", "train.log_every_steps=20",
+# 2 ranks, 130-220 steps/s here and on the local cluster: long enough to interrupt (a preemption took ~2 s to
+# arrive), short enough to wait for.
+INTERRUPTIBLE_RUN = ("train.steps=1500", "train.global_batch_size=128", "train.log_every_steps=20",
                      "train.checkpoint_every_steps=500")
 
 

@@ -22,7 +22,7 @@ from tests.helpers import REPO
 pytestmark = [pytest.mark.slow]
 # The example package's model (with dropout) and data (with a random jitter), found through PYTHONPATH.
 COMMAND = (sys.executable, "-m", "jobs.train", "--config-dir", "examples/myconf", "model=resmlp", "data=shapes",
-           "model.dropout=0.1", "data.jitter=0.1", "train.steps=1500", "train.log_every_steps=10")
+           "model.dropout=0.1", "data.jitter=0.1", "train.steps=700", "train.log_every_steps=10")
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "examples")}
 
 
@@ -78,7 +78,7 @@ def whole(tmp_path_factory) -> str:
 
 
 def test_ctrl_c_saves_the_step_it_stops_at_and_the_same_command_resumes_exactly(tmp_path, whole):
-    at = random.Random().randint(50, 700)
+    at = random.Random().randint(20, 350)  # 350 steps left: a few seconds, to stop in
     code, shown = in_terminal(tmp_path / "cut", after_step=at, presses=1)
     assert code == 130, shown[-3000:]
     stopped = [e for e in read_events(tmp_path / "cut") if e["event"] == "stopped"]
@@ -93,11 +93,11 @@ def test_ctrl_c_saves_the_step_it_stops_at_and_the_same_command_resumes_exactly(
 
 
 def test_a_second_ctrl_c_ends_at_once_and_the_last_checkpoint_still_resumes(tmp_path, whole):
-    code, shown = in_terminal(tmp_path / "cut", "train.checkpoint_every_steps=100",
-                              after_step=random.Random().randint(150, 700), presses=2,
+    code, shown = in_terminal(tmp_path / "cut", "train.checkpoint_every_steps=50",
+                              after_step=random.Random().randint(100, 350), presses=2,
                               gap_s=0.2)
     assert code == 130, shown[-3000:]
     assert "killed at once (second Ctrl-C); the checkpoint of step" in shown, shown[-3000:]
     assert "Traceback" not in shown, shown[-3000:]
-    again = run_train("train.checkpoint_every_steps=100", f"hydra.run.dir={tmp_path / 'cut'}")
+    again = run_train("train.checkpoint_every_steps=50", f"hydra.run.dir={tmp_path / 'cut'}")
     assert digest(again.stdout) == whole

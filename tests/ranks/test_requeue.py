@@ -134,12 +134,12 @@ def test_local_executor_rehearses_preemption(tmp_path, reference, cpu_only_env):
     command = [sys.executable, "-m", "jobs.train", *local, *INTERRUPTIBLE_RUN, f"hydra.run.dir={tmp_path}"]
     with subprocess.Popen(command, cwd=REPO, env=cpu_only_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True) as launcher:
-        at = random.Random().randint(600, 2000)
+        at = random.Random().randint(300, 1000)
         wait_until(lambda: last_step(tmp_path) >= at, timeout=120, what=f"step {at}")
         os.kill(rank_pids(tmp_path / "logs")[1], signal.SIGUSR2)  # only one rank hears it
         out, err = launcher.communicate(timeout=240)
     assert launcher.returncode == 0, err
-    assert "done: 3000 steps" in out
+    assert "done: 1500 steps" in out
     summary = read_summary(tmp_path)
     assert summary["param_digest"] == expected.result()
     signalled = events_named(tmp_path, "signalled")
@@ -156,7 +156,7 @@ def test_job_over_its_budget_ends_with_the_reason(tmp_path, cpu_only_env):
                "requeue.preemption=0", "cluster.signal_lead_s=0", f"hydra.run.dir={tmp_path}"]
     with subprocess.Popen(command, cwd=REPO, env=cpu_only_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True) as launcher:
-        wait_until(lambda: last_step(tmp_path) >= 600, timeout=120, what="step 600")
+        wait_until(lambda: last_step(tmp_path) >= 300, timeout=120, what="step 300")
         os.kill(rank_pids(tmp_path / "logs")[0], signal.SIGUSR2)
         out, err = launcher.communicate(timeout=120)
     assert launcher.returncode == 1

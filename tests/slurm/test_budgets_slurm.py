@@ -54,8 +54,8 @@ def test_preempted_array_tasks_are_requeued_as_themselves_and_a_cancelled_one_sa
     # The job's own setup lines (each start of each member appends its restart count), a further sbatch flag
     # (--nice) and USR1 as the warning signal, all through Slurm.
     setup = f'cluster.setup=["echo start-$SLURM_RESTART_COUNT >> {tmp_path}/setup-$SLURM_ARRAY_TASK_ID"]'
-    result, _ = run_sweep(tmp_path, "cluster=slurm", "cluster.tasks_per_node=2", "train.steps=4000",
-                          "train.log_every_steps=20", "train.checkpoint_every_steps=1000", "cluster.signal=USR1",
+    result, _ = run_sweep(tmp_path, "cluster=slurm", "cluster.tasks_per_node=2", "train.steps=2000",
+                          "train.log_every_steps=20", "train.checkpoint_every_steps=500", "cluster.signal=USR1",
                           setup, "+cluster.additional.nice=7", "train.seed=0,1")
     members = read_manifest(tmp_path)["members"]
     (array,) = {m["job_id"] for m in members}

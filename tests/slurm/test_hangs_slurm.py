@@ -33,8 +33,8 @@ def nodes_of_run(run_dir, restart: int) -> list[str]:
 def test_a_frozen_rank_ends_the_job_in_time_and_the_requeued_job_runs_without_its_node(tmp_path, reference):
     expected = reference(*INTERRUPTIBLE_RUN)
     job = submit(tmp_path, *INTERRUPTIBLE_RUN, f"distributed.hang_timeout_s={HANG_TIMEOUT_S}")
-    # Late (checkpoints every 500 steps): the next run resumes from step 2000, little left to train.
-    wait_until(lambda: last_step(tmp_path) >= 2200, timeout=120, what="step 2200")
+    # Late (checkpoints every 500 steps): the next run resumes from step 1000, little left to train.
+    wait_until(lambda: last_step(tmp_path) >= 1100, timeout=120, what="step 1100")
     frozen = rank_pids(tmp_path)[0]  # rank 0: the hardest one, it holds the job's TCP store and writes the events
     node = node_of(frozen)
     os.kill(frozen, signal.SIGSTOP)
@@ -72,7 +72,7 @@ def test_a_node_that_kills_its_rank_is_kept_out_and_the_job_ends_as_an_uninterru
     work = (*INTERRUPTIBLE_RUN, "model._target_=tests.scripts.faulty_node.make_model", f"model.crash_file={crash_node}",
             "model.after=300", "requeue.failure=1", "distributed.hang_timeout_s=30", "distributed.timeout_s=120")
     job = submit(tmp_path / "run", *work)
-    wait_until(lambda: last_step(tmp_path / "run") >= 1800, timeout=120, what="step 1800")
+    wait_until(lambda: last_step(tmp_path / "run") >= 900, timeout=120, what="step 900")
     node = nodes_of_run(tmp_path / "run", 0)[1]  # rank 1's
     crash_node.write_text(node)
     crashed_at = time.monotonic()
@@ -91,9 +91,9 @@ def test_a_node_that_kills_its_rank_is_kept_out_and_the_job_ends_as_an_uninterru
 
 def test_a_node_whose_slurmd_dies_is_kept_out_and_returns_to_service_afterwards(tmp_path, reference):
     expected = reference(*INTERRUPTIBLE_RUN)
-    # 20 ms more a step in the first run: it lasts long enough for Slurm to declare the node down (SlurmdTimeout=30 s).
+    # 40 ms more a step in the first run (a minute): long enough for Slurm to declare the node down (SlurmdTimeout=30 s).
     # The faulty node's model is model=mlp built the same way: INTERRUPTIBLE_RUN's reference digest holds.
-    work = (*INTERRUPTIBLE_RUN, "model._target_=tests.scripts.faulty_node.make_model", "model.slurm_step_ms=20")
+    work = (*INTERRUPTIBLE_RUN, "model._target_=tests.scripts.faulty_node.make_model", "model.slurm_step_ms=40")
     job = submit(tmp_path, *work)
     wait_until(lambda: last_step(tmp_path) >= 200, timeout=120, what="step 200")
     node = nodes_of_run(tmp_path, 0)[1]  # rank 1's: not the node that runs the batch script
