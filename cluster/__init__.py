@@ -20,6 +20,7 @@ _PUBLIC = {
     "start": "cluster.runtime.job",
     "Job": "cluster.runtime.job",
     "ResumableLoader": "cluster.runtime.loader",
+    "EvalLoader": "cluster.runtime.loader",
     "settle_buckets": "cluster.runtime.ddp",
     "seed_everything": "cluster.runtime.rng",
     "RequeueBudget": "cluster.requeue",

@@ -38,11 +38,13 @@ def status(args: argparse.Namespace) -> int:
                           "members": [s.as_dict() for s in statuses]}, indent=1))
         return exit_code(statuses)
     labels = varying_overrides(manifest.members)
-    rows = [("member", "state", "restarts", "step", "loss", "ranks", "elapsed", "overrides")]
+    validated = any(s.val_loss is not None for s in statuses)  # a column only for sweeps that evaluate
+    rows = [("member", "state", "restarts", "step", "loss", *(("val_loss",) if validated else ()), "ranks", "elapsed",
+             "overrides")]
     for s in statuses:
         total = f"/{s.member.steps}" if s.member.steps else ""
-        loss = f"{s.loss:.4f}" if s.loss is not None and math.isfinite(s.loss) else str(s.loss or "-")
-        rows.append((str(s.member.index), s.state, str(s.restarts), f"{s.step}{total}", loss,
+        val_loss = (_number(s.val_loss),) if validated else ()
+        rows.append((str(s.member.index), s.state, str(s.restarts), f"{s.step}{total}", _number(s.loss), *val_loss,
                      "->".join(map(str, s.ranks)) or "-", s.elapsed or "-",
                      labels[s.member.index]))
     _print_table(rows)
@@ -57,6 +59,10 @@ def status(args: argparse.Namespace) -> int:
     print(f"{len(statuses)} member(s): " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
           + f" (states from {source})")
     return exit_code(statuses)
+
+
+def _number(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None and math.isfinite(value) else str(value or "-")
 
 
 def _print_table(rows: Sequence[Sequence[str]]) -> None:

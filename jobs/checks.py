@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cluster.rundir import RunDir, check_writable
 from cluster.slurm.sbatch import check_setup
-from jobs.data import TRAIN_SAMPLES, check_data, dataset_size
+from jobs.data import TRAIN_SAMPLES, check_data, dataset_size, has_own_split, held_out_count
 from jobs.plan import JobPlan
 from jobs.targets import FROM_THE_DATA
 from jobs.user_errors import describe
@@ -30,6 +30,7 @@ def check_before_start(plan: JobPlan, run_dir: Path, *, world_size: int | None =
         plan.model.check_returns(nn.Module, "a torch.nn.Module")
     check_split_points(plan)
     check_data(plan.data)
+    check_validation(plan)
     plan.loss.check(called_with=2)  # (output, target)
     check_batch_fits_the_data(plan, dims.dp)
     if plan.slurm is not None:
@@ -80,9 +81,22 @@ def check_slurm_devices(plan: JobPlan) -> None:
                          "distributed.backend=gloo")
 
 
+def check_validation(plan: JobPlan) -> None:
+    """Validation data comes from one place: the dataset's own split, or ``data.val_fraction``."""
+    own, fraction = has_own_split(plan.data), plan.split.val_fraction
+    if own and fraction:
+        raise ValueError(f"data.val_fraction={fraction}: {plan.data.path} makes its own validation data (it takes "
+                         "split: the test set of mnist and cifar10); remove data.val_fraction")
+    if plan.train.eval_every_steps and not own and not fraction:
+        raise ValueError(f"train.eval_every_steps={plan.train.eval_every_steps} needs validation data, and "
+                         f"{plan.data.path} has no split of its own; hold out a share with data.val_fraction=0.1")
+
+
 def check_batch_fits_the_data(plan: JobPlan, dp: int) -> None:
     """Each replica must get at least one batch per epoch (the sampler gives it samples // dp, whole batches)."""
     samples, batch = dataset_size(plan.data), plan.train.global_batch_size
+    if samples is not None:  # what data.val_fraction leaves to train on
+        samples -= held_out_count(samples, plan.split.val_fraction)
     if samples is not None and (samples // dp) // (batch // dp) == 0:  # a user's dataset is counted on the ranks
         raise ValueError(f"the dataset has {samples} samples, fewer than one global batch "
                          f"(train.global_batch_size={batch}); lower train.global_batch_size"

@@ -1,6 +1,7 @@
 """The built-in datasets, as targets a config names like any user's (``conf/data/*.yaml``: ``_target_:
 jobs.data.synthetic``), read through ``torchvision.datasets`` from their on-disk formats; and what the trainer
-learns from any dataset (``describe``).
+learns from any dataset (``describe``), with its validation data: a target that takes ``split`` makes its own
+(``split="val"``: MNIST's and CIFAR-10's test sets), from any other ``data.val_fraction`` is held out.
 
 torch and torchvision are imported inside the functions that build a dataset: checking a dataset's settings
 and files (``check_data``) runs on a login node for every member of a sweep, which must not pay 2-4 s for
@@ -8,6 +9,7 @@ importing torch.
 """
 
 import dataclasses
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -96,19 +98,21 @@ def fake(**settings: Any) -> Any:
                                          transform=transforms.ToTensor(), random_offset=cfg.seed)
 
 
-def mnist(**settings: Any) -> Any:
-    """MNIST's training split through torchvision.datasets.MNIST, from <root>/MNIST/raw."""
+def mnist(split: str = "train", **settings: Any) -> Any:
+    """MNIST through torchvision.datasets.MNIST, from <root>/MNIST/raw: the training split, or (``split="val"``)
+    the test split, as validation data."""
     import torchvision
     from torchvision import transforms
 
     cfg = FilesSettings(**settings)
     _check_files("mnist", cfg)
     to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
-    return torchvision.datasets.MNIST(cfg.root, train=True, download=cfg.download, transform=to_tensor)
+    return torchvision.datasets.MNIST(cfg.root, train=_is_train(split), download=cfg.download, transform=to_tensor)
 
 
-def cifar10(**settings: Any) -> Any:
-    """CIFAR-10's training split through torchvision.datasets.CIFAR10, from <root>/cifar-10-batches-py."""
+def cifar10(split: str = "train", **settings: Any) -> Any:
+    """CIFAR-10 through torchvision.datasets.CIFAR10, from <root>/cifar-10-batches-py: the training split, or
+    (``split="val"``) the test split, as validation data."""
     from torchvision import transforms
 
     cfg = CIFAR10Settings(**settings)
@@ -116,7 +120,14 @@ def cifar10(**settings: Any) -> Any:
     to_tensor = transforms.Compose([
         transforms.ToTensor(), transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     ])
-    return _cifar10_class(cfg.verify_md5)(cfg.root, train=True, download=cfg.download, transform=to_tensor)
+    return _cifar10_class(cfg.verify_md5)(cfg.root, train=_is_train(split), download=cfg.download,
+                                          transform=to_tensor)
+
+
+def _is_train(split: str) -> bool:
+    if split not in ("train", "val"):
+        raise ValueError(f"split={split!r}: the trainer asks for 'train' or 'val'")
+    return split == "train"
 
 
 synthetic.settings = SyntheticSettings  # type: ignore[attr-defined]
@@ -177,25 +188,72 @@ def dataset_size(target: Target) -> int | None:
     return int(settings_of(target, target.load().settings).num_samples)  # type: ignore[attr-defined]
 
 
+def has_own_split(target: Target) -> bool:
+    """Whether a data target makes its own validation data: it takes ``split`` ("train" or "val")."""
+    try:
+        return "split" in inspect.signature(target.load()).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+
+
+def held_out_count(size: int, fraction: float) -> int:
+    """How many of ``size`` samples ``data.val_fraction`` holds out (at least one when it is set)."""
+    return max(1, round(size * fraction)) if fraction else 0
+
+
+def held_out(size: int, fraction: float) -> tuple[list[int], list[int]]:
+    """The indices trained on and those held out for validation, both in order: chosen by a fixed shuffle (seed 0),
+    so that runs with any ``train.seed`` (a sweep's members) train and compare on the same split."""
+    import torch
+
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(0)).tolist()
+    count = held_out_count(size, fraction)
+    return sorted(order[count:]), sorted(order[:count])
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    dataset: Any  # a map-style torch Dataset of (input, target) pairs
+    dataset: Any  # a map-style torch Dataset of (input, target) pairs: what is trained on
     sample_shape: tuple[int, ...]  # the shape of one input
     num_classes: int | None  # from the dataset's num_classes (or classes) attribute, when it has one
     example: Any = None  # the first item's input, as the dataset gives it
+    validation: Any = None  # the validation dataset (its own split, or what data.val_fraction held out), or None
 
 
-def describe(target: Target) -> DatasetInfo:
-    """Build the dataset the config names and check that it is one the trainer can use."""
-    dataset = target.call()
+def describe(target: Target, *, val_fraction: float = 0.0) -> DatasetInfo:
+    """Build the dataset the config names, and its validation data, and check that they are ones the trainer can
+    use."""
+    from torch.utils.data import Subset
+
+    own = has_own_split(target)
+    dataset = _checked(target, target.call(split="train") if own else target.call())
+    validation = _checked(target, target.call(split="val")) if own else None
+    classes = getattr(dataset, "num_classes", None) or len(getattr(dataset, "classes", ()) or ()) or None
+    if val_fraction and validation is None:
+        trained, kept = held_out(len(dataset), val_fraction)
+        if not trained:
+            raise ValueError(f"data.val_fraction={val_fraction} holds out all {len(dataset)} samples; lower it")
+        dataset, validation = Subset(dataset, trained), Subset(dataset, kept)
+    example = _first_input(target, dataset)  # of what is trained on: a read may draw from the generators
+    if validation is not None:
+        _first_input(target, validation)
+    return DatasetInfo(dataset, tuple(example.shape), classes, example, validation)
+
+
+def _checked(target: Target, dataset: Any) -> Any:
+    """``dataset``, when it is a non-empty map-style dataset; else why not."""
     if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
         raise ValueError(f"data._target_={target.path} returned a {type(dataset).__name__}, not a map-style dataset "
                          "(with __getitem__ and __len__); return a torch.utils.data.Dataset of (input, target) pairs")
     if len(dataset) == 0:
         raise ValueError(f"data._target_={target.path} returned an empty dataset")
+    return dataset
+
+
+def _first_input(target: Target, dataset: Any) -> Any:
+    """The first item's input, when the items are (input, target) pairs; else why not."""
     item = dataset[0]
     if not isinstance(item, (tuple, list)) or len(item) != 2 or not hasattr(item[0], "shape"):
         raise ValueError(f"data._target_={target.path}: its items are {type(item).__name__}s, not (input, target) "
                          "pairs of a tensor and its label; make __getitem__ return (input, target)")
-    classes = getattr(dataset, "num_classes", None) or len(getattr(dataset, "classes", ()) or ()) or None
-    return DatasetInfo(dataset, tuple(item[0].shape), classes, item[0])
+    return item[0]

@@ -5,7 +5,7 @@ import dataclasses
 import json
 from typing import Any
 
-from jobs.settings import OptimConfig, StrategyConfig, TrainConfig
+from jobs.settings import DataSplit, OptimConfig, StrategyConfig, TrainConfig
 from jobs.targets import KEY, Target
 
 # Settings that may change between runs of one training: where the data lies and how it is read, and
@@ -15,7 +15,7 @@ _ADDED_LATER = ("precision", "grad_clip_norm")  # train.*: count only when set, 
 
 
 def fingerprint_config(model: Target, data: Target, loss: Target, optim: OptimConfig, strategy: StrategyConfig,
-                       train: TrainConfig) -> dict[str, Any]:
+                       train: TrainConfig, split: DataSplit = DataSplit()) -> dict[str, Any]:
     """The settings a checkpoint must match to be resumed, flattened (``optim.lr``: 0.05, ``model._target_``, ...)."""
     groups: dict[str, Any] = {
         **{code.group: {KEY: code.path, **code.kwargs} for code in (model, data, loss)},
@@ -23,6 +23,8 @@ def fingerprint_config(model: Target, data: Target, loss: Target, optim: OptimCo
     relevant: dict[str, Any] = {
         group: {k: v for k, v in settings.items() if k not in _IGNORED.get(group, ())}
         for group, settings in groups.items()}
+    if split.val_fraction:  # the samples held out are not trained on (added later: counted only when set)
+        relevant["data"]["val_fraction"] = split.val_fraction
     relevant["train"] = {"global_batch_size": train.global_batch_size, "seed": train.seed}
     defaults = TrainConfig()
     relevant["train"].update({key: getattr(train, key) for key in _ADDED_LATER

@@ -17,9 +17,10 @@ from torch.distributed.tensor import DTensor
 
 from cluster.rundir import RunDir, write_json
 from cluster.runtime.job import Job
-from cluster.runtime.loader import ResumableLoader
+from cluster.runtime.loader import EvalLoader, ResumableLoader
 from cluster.runtime.rng import seed_everything
 from jobs.data import DatasetInfo, describe
+from jobs.evaluate import evaluate
 from jobs.grad_norm import clip_to, global_grad_norm
 from jobs.metrics import MetricsLog, ProgressLine
 from jobs.optim import build_optimizer, build_scheduler
@@ -75,6 +76,7 @@ class Trainee:
     pipeline: Any = None  # this rank's jobs.pipeline.Pipeline, when the model is cut into stages
     grad_clip_norm: float = 0.0  # train.grad_clip_norm (0: no clipping)
     loss: float = float("nan")  # global mean loss of the last logged step
+    validation: dict[str, float] | None = None  # val_loss, ... of this run's last evaluation
     grad_norm: torch.Tensor | None = None  # the gradient's global norm before clipping, at the last measured step
 
     def state(self) -> dict[str, Any]:
@@ -100,7 +102,7 @@ def train(plan: JobPlan, job: Job) -> dict[str, Any] | None:
     dp_index, _ = dims.coordinates(env.rank)
     cfg = plan.train
     seed_everything(cfg.seed)  # the same initial model on every rank
-    data = describe(plan.data)
+    data = describe(plan.data, val_fraction=plan.split.val_fraction)
     loss_fn = _share_of(plan.loss.as_loss(), dims.accumulation)  # each forward/backward's share of the step's loss
     precision = precision_for(cfg.precision, device=device, fsdp_sharded=sharded_by_fsdp(plan, dims))
     model, pipeline = parallelize(build_model(plan.model, data), plan, dims, rank=env.rank, device=device,
@@ -121,6 +123,13 @@ def train(plan: JobPlan, job: Job) -> dict[str, Any] | None:
     loader = ResumableLoader(data.dataset, dims.replica_batch_size, seed=cfg.seed, replicas=dims.dp,
                              replica=dp_index, num_workers=cfg.num_workers)
     loader.seek(job.step)  # the step says where the data is
+    evaluation = None if data.validation is None else EvalLoader(
+        data.validation, dims.forward_batch_size, seed=cfg.seed, replicas=dims.dp, replica=dp_index,
+        num_workers=cfg.num_workers)
+
+    def validate() -> dict[str, float] | None:
+        assert evaluation is not None
+        return evaluate(model, pipeline, evaluation, job=job, loss_fn=plan.loss.as_loss(), precision=precision)
 
     metrics = MetricsLog(run_dir, resumed_step=resumed_from) if env.is_main else None
     progress = ProgressLine(cfg.steps) if env.is_main else None
@@ -129,10 +138,18 @@ def train(plan: JobPlan, job: Job) -> dict[str, Any] | None:
     model.train()
     while job.step < cfg.steps:
         for inputs, targets in loader:
-            loss = _step(trainee, inputs.to(device), targets.to(device), measure=_logged(job.step + 1, cfg))
+            logged_next = _logged(job.step + 1, cfg) or (evaluation is not None and _evaluated(job.step + 1, cfg))
+            loss = _step(trainee, inputs.to(device), targets.to(device), measure=logged_next)
             interval_steps += 1
             stop = job.end_step()
-            log_now = _logged(job.step, cfg)
+            stepped = time.perf_counter()  # the rate counts training, not the evaluation
+            evaluated = None
+            if evaluation is not None and not stop and _evaluated(job.step, cfg):
+                evaluated = trainee.validation = validate()
+                if evaluated is None:  # a warning came during it: stop here, as at an agreed step boundary
+                    job.record("evaluation-abandoned", step=job.step, reason="a warning signal came during it")
+                    stop = True
+            log_now = _logged(job.step, cfg) or evaluated is not None
             save_now = stop or job.checkpoint_due() or job.step == cfg.steps
             if log_now or save_now:
                 trainee.loss = global_mean(loss, contributors=dims.dp)
@@ -140,14 +157,14 @@ def train(plan: JobPlan, job: Job) -> dict[str, Any] | None:
                     raise TrainingDivergedError(f"the loss is {trainee.loss} at step {job.step}: training "
                                                 "diverged; lower optim.lr (or check the data) and run again")
             if log_now:
-                now = time.perf_counter()
                 record = {"step": job.step, "loss": trainee.loss, "lr": trainee.scheduler.get_last_lr()[0],
                           "grad_norm": trainee.grad_norm.item() if trainee.grad_norm is not None else None,
-                          "samples_per_s": interval_steps * cfg.global_batch_size / (now - interval_start),
+                          "samples_per_s": interval_steps * cfg.global_batch_size / (stepped - interval_start),
                           "time": round(time.time(), 3)}
                 if precision.scaler is not None:
                     record["loss_scale"] = precision.loss_scale()  # halved after each step that overflowed
-                interval_start, interval_steps = now, 0
+                record.update(evaluated or {})
+                interval_start, interval_steps = time.perf_counter(), 0
                 if metrics is not None and progress is not None:
                     metrics.write(record)
                     progress.show(record)
@@ -157,6 +174,8 @@ def train(plan: JobPlan, job: Job) -> dict[str, Any] | None:
                 job.hand_over()  # the preemption path waits for its checkpoint, requeues, ends the task
             if job.step == cfg.steps:
                 break
+    if evaluation is not None and trainee.validation is None:  # resumed at its last step: the summary's numbers
+        trainee.validation = validate()
     job.finish()  # a run whose final state could not be saved has not succeeded
     elapsed = time.perf_counter() - started
     digest = param_digest(trainee.model, staged=pipeline is not None)  # every rank: shards and stages are gathered
@@ -174,6 +193,11 @@ class TrainingDivergedError(FloatingPointError):
 def _logged(step: int, cfg: Any) -> bool:
     """Whether step ``step`` gets a metrics record (``train.log_every_steps``, the first and the last)."""
     return step % cfg.log_every_steps == 0 or step in (1, cfg.steps)
+
+
+def _evaluated(step: int, cfg: Any) -> bool:
+    """Whether the model is evaluated after step ``step`` (``train.eval_every_steps``, and the last)."""
+    return bool(cfg.eval_every_steps and step % cfg.eval_every_steps == 0) or step == cfg.steps
 
 
 def _stage_loss(loss_fn: Callable[..., torch.Tensor], precision: Precision) -> Callable[..., torch.Tensor]:
@@ -238,6 +262,7 @@ def _write_summary(trainee: Trainee, job: Job, plan: JobPlan, *, elapsed_s: floa
         "resumed_from_step": job.resumed_from,
         "train_seconds": round(elapsed_s, 3),
         "precision": plan.train.precision,
+        **(trainee.validation or {}),  # the last evaluation's val_loss, val_accuracy, val_perplexity
         "last_checkpoint": str(last.resolve()) if (last := job.last_checkpoint()) else None,
     }
     write_json(RunDir(job.run_dir).summary, summary)

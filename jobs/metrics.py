@@ -24,6 +24,8 @@ class ProgressLine:
     def show(self, record: dict[str, Any]) -> None:
         step, loss, rate = record["step"], record["loss"], record["samples_per_s"]
         text = f"step {step}/{self.total_steps}  loss {loss:.4f}  {rate:,.0f} samples/s"
+        if "val_loss" in record:
+            text += f"  val_loss {record['val_loss']:.4f}"
         if self.interactive:
             done = int(30 * step / self.total_steps)
             self.stream.write(f"\r[{'#' * done}{'.' * (30 - done)}] {text}\x1b[K")
@@ -52,7 +54,8 @@ class MetricsLog:
         if self.tensorboard is not None:
             for key, value in record.items():
                 if key not in ("step", "time") and isinstance(value, (int, float)):
-                    self.tensorboard.add_scalar(f"train/{key}", value, record["step"], walltime=record.get("time"))
+                    tag = f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}"
+                    self.tensorboard.add_scalar(tag, value, record["step"], walltime=record.get("time"))
 
     def close(self) -> None:
         self.handle.close()

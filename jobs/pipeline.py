@@ -47,6 +47,10 @@ class Pipeline:
     pp_ranks: list[int]  # the global ranks of this rank's pipeline, stage order
     dp_ranks: list[int]  # the global ranks holding the same stages (this rank's replicas)
     parameters: list[nn.Parameter] = dataclasses.field(default_factory=list)  # this rank's stages' parameters
+    stages: dict[int, nn.Module] = dataclasses.field(default_factory=dict)  # this rank's stages (wrapped), by index
+    owners: list[int] = dataclasses.field(default_factory=list)  # the global rank of each stage, in order
+    # (per-sample shape, dtype) of each tensor entering each stage, and leaving the last: what a stage receives
+    boundaries: list[list[tuple[tuple[int, ...], torch.dtype]]] = dataclasses.field(default_factory=list)
 
 
 def split_stages(model: nn.Module, dims: ParallelDims, *, split_points: tuple[str, ...] = (),
@@ -145,6 +149,7 @@ def apply_pipeline(model: nn.Module, dims: ParallelDims, *, rank: int, mesh: Dev
     boundaries = stage_boundaries(all_stages, microbatch)
     mine = dims.stages_of(pp_index)
     runners: list[PipelineStage] = []
+    wrapped: dict[int, nn.Module] = {}
     for index in mine:
         stage: nn.Module = all_stages[index].to(device)
         if mp_policy is not None:
@@ -153,6 +158,7 @@ def apply_pipeline(model: nn.Module, dims: ParallelDims, *, rank: int, mesh: Dev
             stage = apply_fsdp(stage, mesh=mesh["dp"], units=fsdp_units, nested=not split_points, mp_policy=mp_policy)
         elif dims.dp > 1:
             stage = apply_ddp(stage, device=device, bucket_cap_mb=bucket_cap_mb, group=mesh["dp"].get_group())
+        wrapped[index] = stage
         # Shapes given up front: torch 2.14 infers them by running the stage with grad enabled, which, through
         # DDP outside no_sync, arms DDP's reducer and all-reduces the first micro-batch's gradients on their own.
         # The sum is the same but rounds differently on a wrapper's first step, so a resumed run drifted ~1e-8.
@@ -167,11 +173,13 @@ def apply_pipeline(model: nn.Module, dims: ParallelDims, *, rank: int, mesh: Dev
     else:
         local = nn.Sequential(collections.OrderedDict(
             (name, layer) for index in mine for name, layer in all_stages[index].named_children()))
+    pp_ranks = dist.get_process_group_ranks(mesh["pp"].get_group())
     return local, Pipeline(schedule=driver, is_first=0 in mine, is_last=dims.stages - 1 in mine,
-                           pp_group=mesh["pp"].get_group(),
-                           pp_ranks=dist.get_process_group_ranks(mesh["pp"].get_group()),
+                           pp_group=mesh["pp"].get_group(), pp_ranks=pp_ranks,
                            dp_ranks=dist.get_process_group_ranks(mesh["dp"].get_group()),
-                           parameters=list(local.parameters()))
+                           parameters=list(local.parameters()), stages=wrapped,
+                           owners=[pp_ranks[stage % dims.pp] for stage in range(dims.stages)],  # as stages_of
+                           boundaries=[[(tuple(t.shape[1:]), t.dtype) for t in tensors] for tensors in boundaries])
 
 
 def pipeline_step(pipeline: Pipeline, inputs: torch.Tensor, targets: torch.Tensor, *,
@@ -194,6 +202,30 @@ def pipeline_step(pipeline: Pipeline, inputs: torch.Tensor, targets: torch.Tenso
     if not pipeline.is_last:
         return torch.zeros((), device=inputs.device)
     return torch.stack([loss.detach() for loss in losses]).mean()
+
+
+def pipeline_forward(pipeline: Pipeline, inputs: torch.Tensor) -> torch.Tensor | None:
+    """The model's output for ``inputs`` (on the last stage; None elsewhere), stage after stage, without a
+    schedule: forward only, for an evaluation (torch's ``schedule.eval`` came after torch 2.6). Every rank of the
+    pipeline calls it with a batch of the same size; a stage's outputs go to the next stage's rank."""
+    rank, batch = dist.get_rank(), inputs.shape[0]
+    carried: tuple[torch.Tensor, ...] = (inputs,)
+    for index, owner in enumerate(pipeline.owners):
+        if owner != rank:
+            continue
+        if index > 0 and pipeline.owners[index - 1] != rank:  # from the previous stage's rank
+            carried = tuple(torch.empty((batch, *shape), dtype=dtype, device=inputs.device)
+                            for shape, dtype in pipeline.boundaries[index])
+            for tensor in carried:
+                dist.recv(tensor, src=pipeline.owners[index - 1], group=pipeline.pp_group)
+        out = pipeline.stages[index](*carried)
+        carried = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        carried = tuple(tensor.to(dtype) for tensor, (_, dtype) in zip(carried, pipeline.boundaries[index + 1],
+                                                                       strict=True))
+        if index + 1 < len(pipeline.owners) and pipeline.owners[index + 1] != rank:
+            for tensor in carried:
+                dist.send(tensor.contiguous(), dst=pipeline.owners[index + 1], group=pipeline.pp_group)
+    return carried[0] if pipeline.is_last else None
 
 
 def gather_places(model: nn.Module, pipeline: Pipeline | None, *, local_rank: int) -> list[dict[str, object]]:

@@ -17,6 +17,7 @@ from cluster.slurm.resources import SlurmResources
 from jobs.fingerprint import fingerprint_config
 from jobs.settings import (
     ClusterConfig,
+    DataSplit,
     DistributedConfig,
     OptimConfig,
     Requeue,
@@ -56,6 +57,7 @@ class JobPlan:
     train: TrainConfig
     requeue: RequeueBudget = RequeueBudget()  # how often the job may come back, per cause
     slurm: SlurmResources | None = None  # the job's resources when cluster=slurm
+    split: DataSplit = DataSplit()  # data.val_fraction: the validation data held out of a dataset without a split
 
     @property
     def world_size(self) -> int | None:
@@ -127,7 +129,8 @@ class JobPlan:
 
     def fingerprint_config(self) -> dict[str, Any]:
         """The settings a checkpoint must match (``jobs.fingerprint``); ``cluster.Job`` adds the number of ranks."""
-        return fingerprint_config(self.model, self.data, self.loss, self.optim, self.strategy, self.train)
+        return fingerprint_config(self.model, self.data, self.loss, self.optim, self.strategy, self.train,
+                                  self.split)
 
 
 def plan_from_config(cfg: DictConfig) -> JobPlan:
@@ -168,11 +171,15 @@ def plan_from_tree(tree: dict[str, Any]) -> JobPlan:
                               health_check=settings.health_check)
     else:
         where = build(ClusterConfig, "cluster")
-    code = {group: Target.from_config(group, tree.get(group)) for group in ("model", "data", "loss")}
+    data = dict(section("data"))  # data.val_fraction is the trainer's; the other keys are data._target_'s
+    split = DataSplit(**{field.name: data.pop(field.name) for field in dataclasses.fields(DataSplit)
+                         if field.name in data})
+    code = {group: Target.from_config(group, data if group == "data" else tree.get(group))
+            for group in ("model", "data", "loss")}
     return JobPlan(model=code["model"], data=code["data"], loss=code["loss"], optim=build(OptimConfig, "optim"),
                    strategy=build(StrategyConfig, "strategy"), cluster=where,
                    distributed=build(DistributedConfig, "distributed"), train=build(TrainConfig, "train"),
-                   requeue=build(Requeue, "requeue"), slurm=slurm)
+                   requeue=build(Requeue, "requeue"), slurm=slurm, split=split)
 
 
 def config_message(error: OmegaConfBaseException) -> str:

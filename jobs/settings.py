@@ -161,6 +161,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes per rank (augmentation is seeded per sample: exact either way)
     precision: str = "fp32"  # fp32, bf16 or fp16 (with loss scaling) for forward and backward; weights stay fp32
     grad_clip_norm: float = 0.0  # clip the gradient to this global L2 norm (0: no clipping); logged as grad_norm
+    eval_every_steps: int = 0  # optimizer steps between two evaluations on the validation split (0: at the end only)
 
     def __post_init__(self) -> None:
         _tuples(self, "allow_changes")
@@ -172,9 +173,29 @@ class TrainConfig:
                 raise SettingError("{k.num_workers} and {k.micro_batch_size} must not be negative")
             require_positive(steps=self.steps, global_batch_size=self.global_batch_size,
                              log_every_steps=self.log_every_steps, keep_checkpoints=self.keep_checkpoints)
+            if self.eval_every_steps < 0:
+                raise SettingError("{k.eval_every_steps} must not be negative; 0 evaluates at the end only")
             if self.checkpoint_every_steps < 0 or self.checkpoint_every_min < 0:
                 raise SettingError("{k.checkpoint_every_steps} and {k.checkpoint_every_min} must not be negative; "
                                    "0 turns that cadence off")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSplit:
+    """The trainer's own key in the ``data`` group (not passed to ``data._target_``): where validation data comes
+    from. A dataset with its own split (a target that takes ``split``: MNIST's and CIFAR-10's test sets) needs none.
+    """
+
+    val_fraction: float = 0.0  # share of the dataset held out for validation, the same samples whatever the seed
+
+    def __post_init__(self) -> None:
+        # The data group is untyped (its other keys are the target's): the number is checked here.
+        if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)):
+            raise ValueError(f"data.val_fraction={self.val_fraction!r} is not a number; hold out a share such as 0.1")
+        object.__setattr__(self, "val_fraction", float(self.val_fraction))
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"data.val_fraction={self.val_fraction} is not in [0, 1); hold out a share such as 0.1 "
+                             "(0: none)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,8 +20,9 @@ from jobs.user_errors import exit_on_user_error
 
 
 def print_summary(summary: dict[str, Any]) -> None:
+    validation = "".join(f", {key} {summary[key]:.4f}" for key in ("val_loss", "val_accuracy") if key in summary)
     print(
-        f"done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
+        f"done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}{validation}, "
         f"{summary['samples_per_s']:,.0f} samples/s on {summary['world_size']} rank(s)\n"
         f"param digest: {summary['param_digest']}\n"
         f"run dir: {summary['run_dir']} (summary.json, metrics.jsonl, checkpoints/)"

@@ -183,6 +183,21 @@ class Job:
             self.writer.save(self._state_dicts(state, with_rng=True), self.step, self.meta())
         self._saved_step, self._saved_at = self.step, time.monotonic()
 
+    def warned(self) -> bool:
+        """Whether a warning (preemption, time limit, Ctrl-C) has reached any rank: a collective, for work between
+        two step boundaries that must give way at once (an evaluation: ``save`` and ``hand_over`` then). Every
+        rank calls it at the same points; ``end_step`` needs no help (its vote costs no waiting)."""
+        flag = torch.tensor([1.0 if self.supervisor.flag.set else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    @contextlib.contextmanager
+    def between_steps(self) -> Iterator[None]:
+        """Work between two steps that may last longer than one (an evaluation): no hang is declared for its length
+        (a silent rank still is; a stuck collective ends at ``distributed.timeout_s``)."""
+        with self._watchman.busy():
+            yield
+
     def hand_over(self) -> NoReturn:
         """After a stop was agreed and saved: wait for the save, requeue within the budgets, leave (``JobEnd``,
         a ``SystemExit`` whose code says whether the job comes back)."""

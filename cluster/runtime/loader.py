@@ -189,3 +189,54 @@ class ResumableLoader:
                              f"steps are {self.global_batch_size} (batch_size x replicas); keep the global batch "
                              "size of the run")
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+
+
+class EvalLoader:
+    """Batches of a validation dataset for one replica, each sample read by exactly one replica, once.
+
+    Replica ``r`` of ``R`` reads the contiguous share ``[r*n//R, (r+1)*n//R)``, in order. Every replica yields the
+    same number of full batches of ``batch_size``, with a ``mask`` that says which rows count: a sharded model
+    (FSDP) runs one collective per forward, so every replica must run as many, and a pipeline hands on batches of
+    one shape. The padding repeats a row already read (a replica with no sample at all, when there are more
+    replicas than samples, reads the first one to have a shape). A sample's random draws (augmentation) are
+    seeded from its index, as ``ResumableLoader`` does, and the process's generators are put back after each
+    batch: an evaluation moves no stream of the training.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, *, seed: int = 0, replicas: int | None = None,
+                 replica: int | None = None, **loader_options: Any):
+        replicas = dist.get_world_size() if replicas is None else replicas
+        replica = dist.get_rank() if replica is None else replica
+        size = len(dataset)  # type: ignore[arg-type]
+        self.share = list(range(replica * size // replicas, (replica + 1) * size // replicas))
+        longest = -(-size // replicas)  # the largest share
+        self.batches = -(-longest // batch_size)
+        self.dataset, self.batch_size, self.seed, self.loader_options = dataset, batch_size, seed, loader_options
+        self.seeded = draws_at_random(dataset)
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self) -> Iterator[tuple[Any, Any, torch.Tensor]]:
+        """(inputs, targets, mask) per batch; ``mask[i]`` is False for the padding rows."""
+        keys = [(-1, index) for index in self.share or [0]]  # epoch -1: draws of their own, not a training epoch's
+        loader = DataLoader(_Seeded(self.dataset, self.seed, seeded=self.seeded), batch_size=self.batch_size,
+                            sampler=keys, generator=torch.Generator().manual_seed(self.seed), **self.loader_options)
+        in_process = self.seeded and not loader.num_workers
+        batches, row = iter(loader), None
+        for number in range(self.batches):
+            real = min(self.batch_size, max(0, len(self.share) - number * self.batch_size))
+            if real or row is None:
+                kept = _Generators() if in_process else None
+                try:
+                    inputs, targets = next(batches)
+                finally:
+                    if kept is not None:
+                        kept.restore()
+                row = (inputs[:1], targets[:1])
+            else:  # this replica's share has ended: padding only
+                inputs, targets = row
+                inputs, targets = inputs[:0], targets[:0]
+            inputs, targets = (torch.cat([part[:real], first.expand(self.batch_size - real, *first.shape[1:])])
+                               for part, first in ((inputs, row[0]), (targets, row[1])))
+            yield inputs, targets, torch.arange(self.batch_size) < real

@@ -11,7 +11,7 @@ from cluster.rundir import RunDir
 from cluster.sweep.manifest import Manifest
 from cluster.sweep.status import read_curve, varying_overrides
 
-COLUMNS = ("member", "overrides", "steps", "final_loss", "samples_per_s", "param_digest", "run_dir")
+COLUMNS = ("member", "overrides", "steps", "final_loss", "val_loss", "samples_per_s", "param_digest", "run_dir")
 
 
 def write_report(manifest: Manifest, *, metric: str, mode: str) -> str:
@@ -33,9 +33,12 @@ def write_report(manifest: Manifest, *, metric: str, mode: str) -> str:
         writer.writerows(rows)
     _plot(manifest, labels, sweep_dir / "loss_curves.png")
 
-    lines = [f"{'member':>6}  {'final_loss':>10}  {'steps':>6}  {'samples/s':>10}  overrides"]
+    validated = any("val_loss" in row for row in rows)  # a column only for sweeps that evaluate
+    lines = [f"{'member':>6}  {'final_loss':>10}  " + (f"{'val_loss':>10}  " if validated else "")
+             + f"{'steps':>6}  {'samples/s':>10}  overrides"]
     for row in rows:
-        lines.append(f"{row['member']:>6}  {row['final_loss']:>10.4f}  {row['steps']:>6}  "
+        val_loss = f"{row['val_loss']:>10.4f}  " if "val_loss" in row else f"{'-':>10}  " if validated else ""
+        lines.append(f"{row['member']:>6}  {row['final_loss']:>10.4f}  {val_loss}{row['steps']:>6}  "
                      f"{row['samples_per_s']:>10,.0f}  {row['overrides']}")
     ranked = [row for row in rows if isinstance(row.get(metric), (int, float)) and math.isfinite(row[metric])]
     if ranked:

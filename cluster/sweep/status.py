@@ -35,12 +35,14 @@ class MemberStatus:
     ranks: list[int] = dataclasses.field(default_factory=list)  # world size of each start that changed it, in order
     hangs: list[str] = dataclasses.field(default_factory=list)  # "step N: who was silent" for each hang, in order
     bad_nodes: list[str] = dataclasses.field(default_factory=list)  # nodes its failures implicated: kept out
+    val_loss: float | None = None  # the loss on the validation data at its last evaluation
 
     def as_dict(self) -> dict[str, Any]:
         return {"member": self.member.index, "overrides": self.member.overrides, "state": self.state,
                 "restarts": self.restarts, "step": self.step, "steps": self.member.steps, "loss": self.loss,
                 "elapsed": self.elapsed, "error": self.error, "job": self.member.slurm_id, "ranks": self.ranks,
-                "hangs": self.hangs, "bad_nodes": self.bad_nodes, "run_dir": self.member.run_dir}
+                "hangs": self.hangs, "bad_nodes": self.bad_nodes, "val_loss": self.val_loss,
+                "run_dir": self.member.run_dir}
 
 
 def from_run_dir(run_dir: Path) -> str:
@@ -71,7 +73,8 @@ def member_status(member: Member, slurm: dict[str, tuple[str, str]]) -> MemberSt
         error = (failures[-1].get("error") or failures[-1]["reason"]).strip().splitlines()[-1]
     hangs = [f"step {e.get('step')}: {e.get('reason', '')}" for e in events if e["event"] == "hung"]
     bad_nodes = sorted({node for e in events if e["event"] == bad_nodes_event for node in e.get("nodes", [])})
-    return MemberStatus(member, state, restarts, step, loss, elapsed, error, world_sizes(events), hangs, bad_nodes)
+    return MemberStatus(member, state, restarts, step, loss, elapsed, error, world_sizes(events), hangs, bad_nodes,
+                        val_loss=last_val_loss(run_dir))
 
 
 def world_sizes(events: list[dict[str, Any]]) -> list[int]:
@@ -89,6 +92,12 @@ def read_curve(run_dir: Path) -> tuple[list[int], list[float]]:
     by_step = {record["step"]: record["loss"] for record in read_jsonl(RunDir(run_dir).metrics)}
     steps = sorted(by_step)
     return steps, [by_step[s] for s in steps]
+
+
+def last_val_loss(run_dir: Path) -> float | None:
+    """The validation loss of a run's last evaluation in metrics.jsonl (None before its first)."""
+    evaluated = [record["val_loss"] for record in read_jsonl(RunDir(run_dir).metrics) if "val_loss" in record]
+    return evaluated[-1] if evaluated else None
 
 
 def _last_metrics(run_dir: Path) -> tuple[int, float | None]:

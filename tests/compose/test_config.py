@@ -74,6 +74,9 @@ def test_overrides_reach_typed_fields():
     ("distributed.backend=mpi", "unknown distributed.backend"),
     ("train.precision=fp8", "unknown train.precision 'fp8'; choose one of: fp32, bf16, fp16"),
     ("train.grad_clip_norm=-1", "train.grad_clip_norm must not be negative; 0 turns clipping off"),
+    ("train.eval_every_steps=-1", "train.eval_every_steps must not be negative; 0 evaluates at the end only"),
+    ("data.val_fraction=1", r"data.val_fraction=1.0 is not in \[0, 1\); hold out a share such as 0.1"),
+    ("data.val_fraction=some", "data.val_fraction='some' is not a number; hold out a share such as 0.1"),
 ])
 def test_bad_values_raise_with_the_field_and_a_fix(override, message):
     with pytest.raises(ValueError, match=message):
@@ -157,12 +160,34 @@ def test_fingerprint_ignores_length_and_cadence_but_not_the_maths():
     assert plan("train.seed=1").fingerprint_config() != base
     assert plan("train.precision=bf16").fingerprint_config() == {**base, "train.precision": "bf16"}
     assert plan("train.grad_clip_norm=1").fingerprint_config() == {**base, "train.grad_clip_norm": 1.0}
+    # what is held out is not trained on; when and how often it is evaluated changes nothing
+    assert plan("data.val_fraction=0.1").fingerprint_config() == {**base, "data.val_fraction": 0.1}
+    assert plan("data.val_fraction=0.1", "train.eval_every_steps=5").fingerprint_config() == {
+        **base, "data.val_fraction": 0.1}
 
 
 def test_settings_added_later_leave_the_fingerprint_of_a_run_that_keeps_their_defaults_as_it_was():
     """A checkpoint written before train.precision and train.grad_clip_norm existed still resumes."""
     assert plan("train.precision=fp32", "train.grad_clip_norm=0").fingerprint_config() == plan().fingerprint_config()
     assert not {"train.precision", "train.grad_clip_norm"} & set(plan().fingerprint_config())
+    assert plan("data.val_fraction=0").fingerprint_config() == plan().fingerprint_config()
+
+
+def test_data_val_fraction_is_the_trainers_and_never_reaches_the_data_target():
+    p = plan("data.val_fraction=0.2", "data.num_samples=100")
+    assert p.split.val_fraction == 0.2 and dict(p.data.kwargs) == {"num_samples": 100}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("train.eval_every_steps=50",), "train.eval_every_steps=50 needs validation data, and jobs.data.synthetic has "
+     "no split of its own; hold out a share with data.val_fraction=0.1"),
+    (("data=fake", "data.val_fraction=0.1", "train.global_batch_size=4096"), "the dataset has 3686 samples, fewer "
+     "than one global batch"),  # 4096 less what val_fraction holds out
+])
+def test_validation_settings_that_cannot_work_are_refused_before_any_rank_starts(tmp_path, overrides, message):
+    with pytest.raises(ValueError) as refused:
+        check_before_start(plan(*overrides), tmp_path / "run")
+    assert message in str(refused.value)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -82,6 +82,25 @@ def test_collect_writes_the_table_csv_and_plot_and_names_the_best(sweep, capsys)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+def test_collect_and_status_show_the_validation_loss_and_collect_picks_by_it(sweep, capsys):
+    for member, (final, val) in zip(sweep.members[:2], ((1.0, 0.7), (0.5, 0.9)), strict=True):
+        run_dir = Path(member.run_dir)  # member 1 trains best, member 0 generalizes best
+        records = [{"step": 10, "loss": 2.0, "val_loss": 2.1}, {"step": 20, "loss": final, "val_loss": val}]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        summary = json.loads((run_dir / "summary.json").read_text())
+        (run_dir / "summary.json").write_text(json.dumps({**summary, "final_loss": final, "val_loss": val}))
+    assert main(["collect", sweep.sweep_dir, "--metric", "val_loss"]) == 0
+    out = capsys.readouterr().out
+    assert "best by val_loss (min): member 0 (optim.lr=0.1), val_loss = 0.7" in out, out
+    assert "val_loss" in out.splitlines()[0] and "0.7000" in out.splitlines()[1]
+    assert main(["status", sweep.sweep_dir, "--json"]) in (0, 1, 3)
+    assert [m["val_loss"] for m in json.loads(capsys.readouterr().out)["members"]] == [0.7, 0.9, None]
+    main(["status", sweep.sweep_dir])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:6] == ["member", "state", "restarts", "step", "loss", "val_loss"]
+    assert table[1].split()[5] == "0.7000" and table[3].split()[5] == "-"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["status", "/nonexistent/sweep"], "does not exist; give the sweep directory"),
     (["status", "/"], "is no sweep directory: it has no manifest.json"),

@@ -1,8 +1,11 @@
 """Exact resume, every strategy and every world size this machine runs (1-4 ranks): a run resumed at a random
 step (printed; epochs of 5 steps, so mid-epoch and epoch ends both come up) ends with the parameter digest of an
 uninterrupted run. The model uses dropout and the data a random augmentation, so a generator restored wrongly
-(or not at all) changes the digest. Also: micro-batch accumulation, and a resume on other numbers of ranks."""
+(or not at all) changes the digest; the runs are validated every 5 steps (an evaluation moves no generator of
+the training). Also: micro-batch accumulation, and a resume on other numbers of ranks, each of whose
+evaluations reads every held-out sample once."""
 
+import collections
 import random
 import shutil
 from pathlib import Path
@@ -10,14 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster.rundir import read_events
+from cluster.rundir import read_events, read_jsonl
+from jobs.data import held_out
 from tests.helpers import final_model, read_summary
 from tests.ranks.test_user_code import package, train  # noqa: F401  (package: a fixture)
 
 STEPS = 12
-# 256 samples, 48 a step: 5 steps an epoch; 48 splits over 1-4 replicas and into the pipelines' micro-batches.
+# 297 samples, 41 held out for validation: 256 trained on, 48 a step, 5 steps an epoch; 48 splits over 1-4
+# replicas and into the pipelines' micro-batches, 41 unevenly.
+SAMPLES, VAL_FRACTION = 297, 0.138
 RUN = (f"train.steps={STEPS}", "train.global_batch_size=48", "train.log_every_steps=4",
-       "train.checkpoint_every_steps=4", "data.size=256", "model.dropout=0.1", "data.jitter=0.1")
+       "train.checkpoint_every_steps=4", f"data.size={SAMPLES}", "model.dropout=0.1", "data.jitter=0.1",
+       f"data.val_fraction={VAL_FRACTION}", "train.eval_every_steps=5")
 
 # Each strategy and schedule at least once, each world size 1-4 at least once, within CI's time. Also passed here,
 # left out for that time: ddp and fsdp on 1 and 2 ranks, pipeline 1f1b on 2.
@@ -62,6 +69,18 @@ def test_a_run_stopped_at_a_random_step_ends_as_an_uninterrupted_one(package, tm
     assert split["param_digest"] == whole["param_digest"], f"{cell}, stopped at {stop}"
 
 
+@pytest.mark.slow
+def test_evaluating_after_every_step_changes_nothing_in_the_training(package, tmp_path):  # noqa: F811
+    """An evaluation reads augmented samples with the model in eval mode, and puts every generator back: a run
+    evaluated after each step ends as one evaluated at its end only (train.eval_every_steps is no fingerprint key)."""
+    for every in (0, 1):
+        train(package, *RUN, "cluster=debug", "strategy=single", f"train.eval_every_steps={every}",
+              f"hydra.run.dir={tmp_path / str(every)}")
+    assert read_summary(tmp_path / "1")["param_digest"] == read_summary(tmp_path / "0")["param_digest"]
+    evaluated = [r["step"] for r in read_jsonl(tmp_path / "1" / "metrics.jsonl") if "val_loss" in r]
+    assert evaluated == list(range(1, STEPS + 1))
+
+
 ACCUMULATED = {
     "ddp": ("strategy=ddp", "cluster.tasks_per_node=2", "train.micro_batch_size=6"),
     "fsdp": ("strategy=fsdp", "cluster.tasks_per_node=2", "train.micro_batch_size=8"),
@@ -85,6 +104,9 @@ def test_micro_batches_accumulate_to_the_step_without_them(package, tmp_path, ce
         torch.testing.assert_close(micro[name], one[name], atol=1e-6, rtol=0, msg=name)
 
 
+VALIDATION = held_out(SAMPLES, VAL_FRACTION)[1]
+
+
 def steps_read(log: Path, *, segments: list[tuple[int, int]], global_batch: int) -> list[list[int]]:
     """The samples each step of a run read (sorted), from the files of ``tests/scripts/logged_data.py``:
     ``segments`` are (world size, steps) of its starts, in order, each a different world size."""
@@ -94,7 +116,7 @@ def steps_read(log: Path, *, segments: list[tuple[int, int]], global_batch: int)
         reads = {}
         for file in log.glob(f"{world}-*.txt"):
             rank = int(file.name.split("-")[1])
-            lines = [int(line) for line in file.read_text().split()]
+            lines = [int(line) for line in file.read_text().split() if int(line) not in VALIDATION]
             # before training: the trainer's look at item 0, the loader's at items 0-2 (does it draw at random?)
             assert len(lines) == count * share + 4, (file, len(lines))
             reads[rank] = lines[4:]
@@ -120,6 +142,10 @@ def test_a_run_resumed_on_four_ranks_then_on_one_reads_the_same_samples_and_ends
     for ranks, steps in ((2, 5), (4, 8), (1, STEPS)):
         train(package, *elastic, f"cluster.tasks_per_node={ranks}", f"train.steps={steps}")
     whole = steps_read(tmp_path / "log-whole", segments=[(2, STEPS)], global_batch=48)
+    # Every evaluation (at steps 5, 10 and the end of each run) read each held-out sample once, on any number of ranks
+    for log, world, evaluations in (("log-whole", 2, 3), ("log-elastic", 2, 1), ("log-elastic", 4, 1),
+                                    ("log-elastic", 1, 2)):
+        assert validation_reads(tmp_path / log, world) == {index: evaluations for index in VALIDATION}, (log, world)
     assert steps_read(tmp_path / "log-elastic", segments=[(2, 5), (4, 3), (1, 4)], global_batch=48) == whole
     assert len({i for step in whole[:5] for i in step}) == 5 * 48  # an epoch reads no sample twice
     one, elastic_model = final_model(tmp_path / "whole"), final_model(tmp_path / "elastic")
@@ -130,3 +156,13 @@ def test_a_run_resumed_on_four_ranks_then_on_one_reads_the_same_samples_and_ends
     assert resized == [(5, 2, 4), (8, 4, 1)]
     layouts = [e["accumulation"] for e in events if e["event"] == "layout"]
     assert layouts == [2, 1, 4]
+
+
+def validation_reads(log: Path, world: int) -> dict[int, int]:
+    """How often the ranks of a run on ``world`` ranks read each held-out sample in evaluations (less each rank's
+    look at the first before training, and the loader's at the first three: does it draw at random?)."""
+    counts = collections.Counter(index for file in log.glob(f"{world}-*.txt")
+                                 for index in map(int, file.read_text().split()) if index in VALIDATION)
+    for index in (VALIDATION[0], *VALIDATION[:3]):
+        counts[index] -= world
+    return dict(counts)

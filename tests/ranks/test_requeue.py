@@ -2,6 +2,7 @@
 protocol whole under submitit's local executor."""
 
 import datetime
+import json
 import os
 import random
 import resource
@@ -169,3 +170,37 @@ def test_job_over_its_budget_ends_with_the_reason(tmp_path, cpu_only_env):
     warning = events_named(tmp_path, "warning")[0]["reason"]
     assert "longer than the 0 s between the warning signal and the end" in warning
     assert "raise cluster.signal_lead_s" in warning
+
+
+@pytest.mark.slow
+def test_a_warning_during_an_evaluation_abandons_it_and_the_step_is_saved_at_once(tmp_path, cpu_only_env):
+    """An evaluation of 512 samples a rank, each read in 5 ms (~2.6 s): USR2 to one rank once it has begun. The
+    ranks give it up within a batch, save the step and come back (the local executor's requeue); the next run
+    evaluates at its end, whole."""
+    from jobs.data import held_out
+
+    log = tmp_path / "log"
+    log.mkdir()
+    validation = set(held_out(2048, 0.5)[1])
+    command = [sys.executable, "-m", "jobs.train", "cluster=local", "cluster.tasks_per_node=2",
+               "data._target_=tests.scripts.logged_data.make_dataset", f"data.log={log}", "data.size=2048",
+               "data.delay_ms=5", "data.val_fraction=0.5", "train.steps=10", "train.global_batch_size=32",
+               "train.eval_every_steps=5", "train.log_every_steps=1", f"hydra.run.dir={tmp_path / 'run'}"]
+
+    def evaluating() -> bool:  # more held-out samples read than the loader's look at the first three
+        return any(sum(int(i) in validation for i in file.read_text().split()) > 10 for file in log.glob("*.txt"))
+
+    with subprocess.Popen(command, cwd=REPO, env=cpu_only_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as launcher:
+        wait_until(evaluating, timeout=120, what="the evaluation at step 5", poll=0.05)
+        os.kill(rank_pids(tmp_path / "run" / "logs")[1], signal.SIGUSR2)  # only one rank hears it
+        out, err = launcher.communicate(timeout=240)
+    assert launcher.returncode == 0, err
+    run = tmp_path / "run"
+    abandoned, signalled = events_named(run, "evaluation-abandoned"), events_named(run, "signalled")
+    assert [e["step"] for e in abandoned] == [5] and signalled[0]["step"] == 5, (abandoned, signalled)
+    assert signalled[0]["seconds_to_saved"] < 1.0, signalled  # the whole evaluation lasts ~2.6 s
+    assert events_named(run, "resumed")[0]["step"] == 5
+    evaluated = [r["step"] for r in (json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
+                 if "val_loss" in r]
+    assert evaluated == [10] and "val_loss" in read_summary(run)

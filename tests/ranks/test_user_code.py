@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster.rundir import read_events
-from tests.helpers import REPO, final_model
+from cluster.rundir import read_events, read_jsonl
+from tests.helpers import REPO, final_model, read_summary
 
-SHORT = ("train.steps=12", "train.global_batch_size=64", "train.log_every_steps=4", "train.checkpoint_every_steps=6")
+# Validated at steps 6 and 12 on 102 held-out samples: shares that differ between ranks, a padded last batch.
+SHORT = ("train.steps=12", "train.global_batch_size=64", "train.log_every_steps=4", "train.checkpoint_every_steps=6",
+         "data.val_fraction=0.05", "train.eval_every_steps=6")
 # Without dropout and augmentation, so that every strategy can match one process number for number.
 PLAIN = ("model.dropout=0.0", "data.jitter=0.0")
 
@@ -65,6 +67,13 @@ def test_a_user_model_trains_with_every_strategy_as_one_process_does(package, on
     assert parallel.keys() == single.keys() and "blocks.3.linear.weight" in single
     for name in single:
         torch.testing.assert_close(parallel[name], single[name], atol=2e-6, rtol=0, msg=name)
+    # Each held-out sample evaluated once, by one rank: the numbers of one process on the whole split.
+    evaluated = {path: [(r["step"], r["val_loss"], r["val_accuracy"]) for r in read_jsonl(path / "metrics.jsonl")
+                        if "val_loss" in r] for path in (tmp_path / "p", one_process)}
+    assert [step for step, *_ in evaluated[one_process]] == [6, 12]
+    for (step, loss, accuracy), (_, one_loss, one_accuracy) in zip(*evaluated.values(), strict=True):
+        assert abs(loss - one_loss) < 1e-6 and accuracy == one_accuracy, (step, loss, one_loss)
+    assert read_summary(tmp_path / "p")["val_loss"] == evaluated[tmp_path / "p"][-1][1]
     if "strategy=fsdp" in strategy:  # the default rule: each member of the ModuleList is a unit
         layout = [e for e in read_events(tmp_path / "p") if e["event"] == "layout"]
         assert layout

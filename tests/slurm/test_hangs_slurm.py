@@ -91,7 +91,8 @@ def test_a_node_that_kills_its_rank_is_kept_out_and_the_job_ends_as_an_uninterru
 
 def test_a_node_whose_slurmd_dies_is_kept_out_and_returns_to_service_afterwards(tmp_path, reference):
     expected = reference(*INTERRUPTIBLE_RUN)
-    # 40 ms more a step in the first run (a minute): long enough for Slurm to declare the node down (SlurmdTimeout=30 s).
+    # 40 ms more a step in the first run (a minute): long enough for Slurm to declare the node down
+    # (SlurmdTimeout=30 s).
     # The faulty node's model is model=mlp built the same way: INTERRUPTIBLE_RUN's reference digest holds.
     work = (*INTERRUPTIBLE_RUN, "model._target_=tests.scripts.faulty_node.make_model", "model.slurm_step_ms=40")
     job = submit(tmp_path, *work)

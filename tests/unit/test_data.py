@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.data import CIFAR10_FILES, MNIST_FILES, check_data, describe
+from jobs.data import CIFAR10_FILES, MNIST_FILES, check_data, describe, held_out
 from jobs.targets import Target
 
 
@@ -83,3 +83,23 @@ def test_synthetic_is_deterministic_and_balanced_enough():
 def test_fake_data_has_the_configured_shape():
     info = describe(data("fake", num_samples=3, image_shape=[3, 8, 8]))
     assert info.dataset[0][0].shape == (3, 8, 8) and len(info.dataset) == 3
+
+
+def test_mnist_and_cifar10_are_validated_on_their_test_split(mnist_root, cifar_root):
+    mnist = describe(data("mnist", root=str(mnist_root)))
+    assert len(mnist.dataset) == 12 and len(mnist.validation) == 4  # t10k-*: 4 samples, labels 0-3
+    assert [int(mnist.validation[i][1]) for i in range(4)] == [0, 1, 2, 3]
+    cifar = describe(data("cifar10", root=str(cifar_root), verify_md5=False))
+    assert len(cifar.dataset) == 25 and len(cifar.validation) == 5  # test_batch
+
+
+def test_val_fraction_holds_out_the_same_samples_whatever_the_seed():
+    held = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)  # the trainer seeds its generators with train.seed before it builds the data
+        info = describe(data("synthetic", num_samples=1000), val_fraction=0.1)
+        assert len(info.validation) == 100 and len(info.dataset) == 900
+        assert not set(info.validation.indices) & set(info.dataset.indices)
+        held.append(info.validation.indices)
+    assert held[0] == held[1] == held_out(1000, 0.1)[1]
+    assert held_out(10, 0.01)[1] and len(held_out(10, 0.01)[1]) == 1  # set: at least one sample

@@ -1,13 +1,14 @@
-"""cluster.ResumableLoader without a process group (replicas given): which samples a step reads, their random
-draws, and the position a checkpoint holds."""
+"""cluster.ResumableLoader and cluster.EvalLoader without a process group (replicas given): which samples a step
+(an evaluation) reads, their random draws, and the position a checkpoint holds."""
 
 import random
 
 import numpy
+import pytest
 import torch
 from torch.utils.data import Dataset
 
-from cluster.runtime.loader import ResumableLoader
+from cluster.runtime.loader import EvalLoader, ResumableLoader
 
 
 class Drawing(Dataset):
@@ -85,3 +86,53 @@ def test_only_a_dataset_that_draws_is_read_with_seeded_generators():
     assert not ResumableLoader(Fixed(), 2, replicas=1, replica=0).seeded
     assert ResumableLoader(Drawing(), 2, replicas=1, replica=0).seeded
     assert ResumableLoader(NumpyDrawing(), 2, replicas=1, replica=0).seeded
+
+
+class Sized(Drawing):
+    def __init__(self, size: int):
+        self.size, self.reads = size, []
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int):
+        self.reads.append(index)
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("size", [1, 7, 50])
+def test_an_evaluation_reads_each_sample_once_over_one_to_four_replicas_in_as_many_batches(size):
+    """Sizes: fewer samples than replicas, uneven shares with a padded last batch, a replica with a batch less."""
+    whole = {}
+    for replicas in (1, 2, 3, 4):
+        seen, batch_counts = {}, set()
+        for replica in range(replicas):
+            dataset = Sized(size)
+            loader = EvalLoader(dataset, 4, seed=3, replicas=replicas, replica=replica)
+            dataset.reads.clear()  # the loader's look at the first items: does the dataset draw at random?
+            batches = list(loader)
+            if size >= replicas:  # the padding repeats rows already read (a share of none reads one, to pad with)
+                assert sorted(dataset.reads) == loader.share, f"replica {replica} of {replicas} read {dataset.reads}"
+            batch_counts.add(len(batches))
+            for values, indices, mask in batches:
+                assert len(indices) == len(mask) == 4  # full batches: the padding is masked out
+                for value, index in zip(values[mask], indices[mask], strict=True):
+                    assert int(index) not in seen, f"sample {int(index)} read twice over {replicas} replicas"
+                    seen[int(index)] = value
+        assert sorted(seen) == list(range(size)), f"{replicas} replicas"
+        assert len(batch_counts) == 1, f"{replicas} replicas ran {batch_counts} batches: a collective would hang"
+        for index, value in seen.items():  # the same augmentation whichever replica reads the sample
+            torch.testing.assert_close(value, whole.setdefault(index, value), rtol=0, atol=0)
+
+
+def test_an_evaluation_leaves_the_training_generators_as_they_were():
+    torch.manual_seed(5)
+    random.seed(5)
+    numpy.random.seed(5)
+    expected = (torch.rand(3), random.random(), numpy.random.rand())
+    torch.manual_seed(5)
+    random.seed(5)
+    numpy.random.seed(5)
+    list(EvalLoader(Sized(10), 4, replicas=2, replica=1))
+    assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
+    assert numpy.random.rand() == expected[2]
