@@ -67,6 +67,18 @@ class CIFAR10Settings(FilesSettings):
     verify_md5: bool = True  # check torchvision's checksums (off for subsets or repacked copies)
 
 
+@dataclasses.dataclass(frozen=True)
+class TextSettings:
+    path: str = ""  # the text file (any bytes will do): each byte is a token, from a vocabulary of 256
+    seq_len: int = 64  # tokens a sample holds; its targets are the same window one byte later
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("data.path is not set; name the text file to train on: data=text data.path=FILE")
+        with config_keys("data"):
+            require_positive(seq_len=self.seq_len)
+
+
 # Samples in the training split of the datasets whose size is not a setting.
 TRAIN_SAMPLES = {"mnist": 60_000, "cifar10": 50_000}
 
@@ -130,11 +142,31 @@ def _is_train(split: str) -> bool:
     return split == "train"
 
 
+def text(**settings: Any) -> Any:
+    """A text file as byte tokens, memory-mapped, cut into windows of ``seq_len`` + 1 bytes that do not overlap:
+    (inputs, the next byte of each) pairs, for ``model=gpt``."""
+    from jobs.text import ByteWindows
+
+    cfg = TextSettings(**settings)
+    _check_text(cfg)
+    return ByteWindows(cfg.path, cfg.seq_len)
+
+
+def _check_text(cfg: TextSettings) -> None:
+    path = Path(cfg.path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.path={cfg.path}: no such file ({path.resolve()}); name a text file to train on")
+    if path.stat().st_size <= cfg.seq_len:
+        raise ValueError(f"data.path={cfg.path} holds {path.stat().st_size} bytes, not one window of data.seq_len="
+                         f"{cfg.seq_len} + 1; use a longer file or a smaller data.seq_len")
+
+
 synthetic.settings = SyntheticSettings  # type: ignore[attr-defined]
+text.settings = TextSettings  # type: ignore[attr-defined]
 fake.settings = FakeSettings  # type: ignore[attr-defined]
 mnist.settings = FilesSettings  # type: ignore[attr-defined]
 cifar10.settings = CIFAR10Settings  # type: ignore[attr-defined]
-BUILT_IN = {"jobs.data.synthetic", "jobs.data.fake", "jobs.data.mnist", "jobs.data.cifar10"}
+BUILT_IN = {"jobs.data.synthetic", "jobs.data.fake", "jobs.data.mnist", "jobs.data.cifar10", "jobs.data.text"}
 
 
 def _cifar10_class(verify_md5: bool) -> Any:
@@ -177,6 +209,8 @@ def check_data(target: Target) -> None:
     target.check()
     if target.path in ("jobs.data.mnist", "jobs.data.cifar10"):
         _check_files(target.name, settings_of(target, target.load().settings))  # type: ignore[attr-defined]
+    if target.path == "jobs.data.text":
+        _check_text(settings_of(target, TextSettings))
 
 
 def dataset_size(target: Target) -> int | None:
@@ -185,6 +219,9 @@ def dataset_size(target: Target) -> int | None:
         return None
     if target.name in TRAIN_SAMPLES:
         return TRAIN_SAMPLES[target.name]
+    if target.path == "jobs.data.text":
+        cfg = settings_of(target, TextSettings)
+        return (Path(cfg.path).stat().st_size - 1) // cfg.seq_len
     return int(settings_of(target, target.load().settings).num_samples)  # type: ignore[attr-defined]
 
 

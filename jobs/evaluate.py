@@ -21,10 +21,10 @@ from jobs.precision import Precision
 
 def per_sample_accuracy(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
     """Each sample's share of right answers (its label, or its labels per position); None when the targets are
-    not class labels (a regression)."""
+    not class labels (a regression). The classes are dimension 1, as ``cross_entropy`` has them."""
     if targets.is_floating_point() or output.dim() != targets.dim() + 1:
         return None
-    hits = (output.argmax(-1) == targets).float()
+    hits = (output.argmax(1) == targets).float()
     return hits.flatten(1).mean(1) if hits.dim() > 1 else hits
 
 

@@ -8,9 +8,10 @@ from typing import Any
 from jobs.settings import DataSplit, OptimConfig, StrategyConfig, TrainConfig
 from jobs.targets import KEY, Target
 
-# Settings that may change between runs of one training: where the data lies and how it is read, and
-# how gradients are bucketed. train.steps and the log/checkpoint cadence are left out (train longer).
-_IGNORED = {"data": {"root", "download"}, "strategy": {"bucket_cap_mb", "fsdp_units"}}
+# Settings that may change between runs of one training: where the data lies and how it is read, how
+# gradients are bucketed, and whether activations are kept or computed again. train.steps and the
+# log/checkpoint cadence are left out (train longer).
+_IGNORED = {"data": {"root", "download"}, "strategy": {"bucket_cap_mb", "fsdp_units", "activation_checkpointing"}}
 _ADDED_LATER = ("precision", "grad_clip_norm")  # train.*: count only when set, so older checkpoints still resume
 
 

@@ -58,6 +58,26 @@ class TransformerSettings:
         return ("embedding", *("block",) * self.depth, "head")
 
 
+@dataclasses.dataclass(frozen=True)
+class GPTSettings:
+    dim: int = 64  # token embedding width
+    depth: int = 2  # number of decoder blocks (pipeline stages split these)
+    heads: int = 4  # attention heads; must divide dim
+    dropout: float = 0.0  # dropout of the embeddings, attention and residual branches
+    tie_head: bool = True  # the output head reuses the token embedding (untied where a pipeline cuts them apart)
+
+    def __post_init__(self) -> None:
+        with config_keys("model"):
+            require_positive(dim=self.dim, depth=self.depth, heads=self.heads)
+        if self.dim % self.heads:
+            raise ValueError(f"model.dim={self.dim} is not divisible by model.heads={self.heads}; change one of them")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.dropout={self.dropout} is not in [0, 1)")
+
+    def layers(self) -> tuple[str, ...]:
+        return ("embedding", *("block",) * self.depth, "head")
+
+
 def mlp(sample_shape: tuple[int, ...], num_classes: int, **settings: Any) -> Any:
     """The seed article's SimpleModel (``../shared/seeds/001_*.txt``): flatten, 784 -> 128 -> ReLU -> 10 on MNIST."""
     from jobs.networks import SimpleModel
@@ -89,7 +109,20 @@ def transformer(sample_shape: tuple[int, ...], num_classes: int, **settings: Any
     return build(cfg.layers(), cfg.dim, cfg.heads, tuple(sample_shape), num_classes)
 
 
+def gpt(sample_shape: tuple[int, ...], num_classes: int, **settings: Any) -> Any:
+    """A decoder-only language model (token and position embeddings, pre-norm causal blocks, tied head) over
+    windows of ``sample_shape[0]`` tokens from a vocabulary of ``num_classes`` (``data=text``: bytes, 256)."""
+    from jobs.networks import gpt as build
+
+    if len(sample_shape) != 1:
+        raise ValueError(f"model=gpt reads sequences of token ids, and the data gives samples of shape "
+                         f"{list(sample_shape)}; use data=text (or a dataset of 1-D token windows)")
+    cfg = GPTSettings(**settings)
+    return build(cfg.layers(), cfg.dim, cfg.heads, sample_shape[0], num_classes, cfg.dropout, cfg.tie_head)
+
+
 mlp.settings = MLPSettings  # type: ignore[attr-defined]
+gpt.settings = GPTSettings  # type: ignore[attr-defined]
 cnn.settings = CNNSettings  # type: ignore[attr-defined]
 resnet18.settings = ResNetSettings  # type: ignore[attr-defined]
 transformer.settings = TransformerSettings  # type: ignore[attr-defined]

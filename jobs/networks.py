@@ -98,3 +98,72 @@ def transformer(kinds: tuple[str, ...], dim: int, heads: int, shape: tuple[int, 
     make = {"embedding": lambda: PatchEmbedding(channels, height, width, dim), "block": lambda: next(blocks),
             "head": lambda: ClassifierHead(dim, num_classes)}
     return nn.Sequential(*(make[kind]() for kind in kinds))
+
+
+class TokenEmbedding(nn.Module):
+    """Token ids to vectors, plus a learned position embedding."""
+
+    def __init__(self, vocab: int, length: int, dim: int, dropout: float):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, dim)
+        self.position = nn.Embedding(length, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(ids.size(1), device=ids.device)
+        return self.drop(self.tokens(ids) + self.position(positions))
+
+
+class GPTBlock(nn.Module):
+    """Pre-norm causal self-attention (``scaled_dot_product_attention``: a fused kernel where there is one) and
+    MLP, each added to the residual stream; the unit that pipeline stages are cut from."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        q, k, v = (t.view(batch, length, self.heads, dim // self.heads).transpose(1, 2)
+                   for t in self.qkv(self.norm1(x)).split(dim, dim=2))
+        attended = nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.drop(self.proj(attended.transpose(1, 2).reshape(batch, length, dim)))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class LMHead(nn.Module):
+    """The next token's logits at every position, as (batch, vocab, length): the layout ``cross_entropy`` takes
+    with (batch, length) targets."""
+
+    def __init__(self, dim: int, vocab: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(x)).transpose(1, 2)
+
+
+def gpt(kinds: tuple[str, ...], dim: int, heads: int, length: int, vocab: int, dropout: float,
+        tie_head: bool) -> nn.Sequential:
+    """A decoder-only language model as a flat sequence (embedding, blocks..., head: ``kinds``), so stages can be
+    cut; ``tie_head``: the head's weight is the token embedding's (GPT-2's tying)."""
+    make = {"embedding": lambda: TokenEmbedding(vocab, length, dim, dropout),
+            "block": lambda: GPTBlock(dim, heads, dropout), "head": lambda: LMHead(dim, vocab)}
+    model = nn.Sequential(*(make[kind]() for kind in kinds))
+    for module in model.modules():  # GPT-2's initialisation: small normal weights, zero biases
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+    head, embedding = model[-1], model[0]
+    if tie_head and isinstance(head, LMHead) and isinstance(embedding, TokenEmbedding):
+        head.out.weight = embedding.tokens.weight
+    return model

@@ -2,6 +2,7 @@
 ``jobs.strategies`` (ddp, fsdp, single) and ``jobs.pipeline`` (pipeline, hybrid)."""
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import torch
@@ -12,7 +13,7 @@ from cluster.runtime.process_group import device_mesh
 from jobs.pipeline import Pipeline, apply_pipeline
 from jobs.plan import JobPlan
 from jobs.precision import fsdp_policy
-from jobs.strategies import apply_ddp, apply_fsdp, apply_single
+from jobs.strategies import apply_ddp, apply_fsdp, apply_single, checkpoint_blocks, compile_blocks
 
 
 def parallelize(model: nn.Module, plan: JobPlan, dims: ParallelDims, *, rank: int, device: torch.device,
@@ -23,6 +24,9 @@ def parallelize(model: nn.Module, plan: JobPlan, dims: ParallelDims, *, rank: in
     (and calls backward on)."""
     strategy = plan.strategy
     mp_policy = fsdp_policy(plan.train.precision) if plan.train.precision != "fp32" else None
+    prepare = functools.partial(prepare_blocks, plan=plan)
+    if not strategy.pipelined:  # a pipeline's stages are prepared once cut
+        prepare(model)
     if strategy.name == "ddp":
         sample = torch.stack([example, example]) if isinstance(example, torch.Tensor) else None
         return apply_ddp(model, device=device, bucket_cap_mb=strategy.bucket_cap_mb, sample=sample), None
@@ -38,9 +42,20 @@ def parallelize(model: nn.Module, plan: JobPlan, dims: ParallelDims, *, rank: in
         dims = dataclasses.replace(dims, layers=len(model), counted_later=False)  # checked again, with the count
     mesh = device_mesh(device, dp=dims.dp, pp=dims.pp)
     return apply_pipeline(model, dims, rank=rank, mesh=mesh, device=device, sample_shape=sample_shape,
+                          input_dtype=example.dtype if isinstance(example, torch.Tensor) else torch.float32,
                           schedule=strategy.schedule, replicate=strategy.replicate,
                           bucket_cap_mb=strategy.bucket_cap_mb, loss_fn=loss_fn,
-                          split_points=strategy.split_points, fsdp_units=strategy.fsdp_units, mp_policy=mp_policy)
+                          split_points=strategy.split_points, fsdp_units=strategy.fsdp_units, mp_policy=mp_policy,
+                          prepare=prepare)
+
+
+def prepare_blocks(model: nn.Module, *, plan: JobPlan) -> None:
+    """What is done to each block before a strategy wraps it: activation checkpointing, then compiling (which
+    then compiles the recomputation too), as torchtitan orders them."""
+    if plan.strategy.activation_checkpointing:
+        checkpoint_blocks(model)
+    if plan.train.compile:
+        compile_blocks(model)
 
 
 def sharded_by_fsdp(plan: JobPlan, dims: ParallelDims) -> bool:

@@ -82,6 +82,23 @@ def split_stages(model: nn.Module, dims: ParallelDims, *, split_points: tuple[st
             for stage in range(dims.stages)]
 
 
+def untie_across_stages(stages: list[nn.Module]) -> list[str]:
+    """Give every stage after the first that holds a parameter it shares with an earlier stage a copy of its own;
+    what was untied, as sentences."""
+    first: dict[int, tuple[int, str]] = {}
+    notes = []
+    for index, stage in enumerate(stages):
+        for name, parameter in list(stage.named_parameters(remove_duplicate=False)):
+            owner = first.setdefault(id(parameter), (index, name))
+            if owner[0] == index:
+                continue
+            path, _, attribute = name.rpartition(".")
+            setattr(stage.get_submodule(path), attribute, nn.Parameter(parameter.detach().clone()))
+            notes.append(f"{name} (stage {index}) was tied to {owner[1]} (stage {owner[0]}); a pipeline cannot "
+                         "share one parameter between stages: each trains its own copy from here on")
+    return notes
+
+
 def stage_boundaries(stages: list[nn.Module], microbatch: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
     """The tensors entering each stage and those leaving the last, for one micro-batch (zeros, as placeholders).
 
@@ -132,26 +149,33 @@ def merge_stages(stages: list[nn.Module]) -> nn.Module:
 
 def apply_pipeline(model: nn.Module, dims: ParallelDims, *, rank: int, mesh: DeviceMesh, device: torch.device,
                    sample_shape: tuple[int, ...], schedule: str, replicate: str, bucket_cap_mb: float,
+                   input_dtype: torch.dtype = torch.float32,
                    loss_fn: Callable[..., torch.Tensor], split_points: tuple[str, ...] = (),
-                   fsdp_units: tuple[str, ...] = (), mp_policy: MixedPrecisionPolicy | None = None
-                   ) -> tuple[nn.Module, Pipeline]:
+                   fsdp_units: tuple[str, ...] = (), mp_policy: MixedPrecisionPolicy | None = None,
+                   prepare: Callable[[nn.Module], None] = lambda stage: None) -> tuple[nn.Module, Pipeline]:
     """This rank's stages (as one module with the whole model's layer names) and its pipeline.
 
     ``mesh`` is the (dp, pp) device mesh; the returned module is what the optimizer and checkpoints see.
+    ``prepare``: done to each of this rank's stages before it is wrapped (activation checkpointing, compiling).
     ``mp_policy``: mixed precision (``jobs.precision``); the stages then hand on fp32 activations, the boundaries'
-    dtype as laid out here.
+    dtype as laid out here. A parameter two stages share (a head tied to the embedding) is untied: each stage
+    trains its own copy, as the ranks holding them cannot share one.
     """
     from torch.distributed.pipelining import PipelineStage
 
     _, pp_index = dims.coordinates(rank)
-    microbatch = torch.zeros(dims.forward_batch_size, *sample_shape)
+    microbatch = torch.zeros(dims.forward_batch_size, *sample_shape, dtype=input_dtype)  # token ids: int64
     all_stages = split_stages(model, dims, split_points=split_points, microbatch=microbatch)
+    for note in untie_across_stages(all_stages):
+        if rank == 0:
+            print(f"notice: {note}", flush=True)
     boundaries = stage_boundaries(all_stages, microbatch)
     mine = dims.stages_of(pp_index)
     runners: list[PipelineStage] = []
     wrapped: dict[int, nn.Module] = {}
     for index in mine:
         stage: nn.Module = all_stages[index].to(device)
+        prepare(stage)
         if mp_policy is not None:
             fp32_outputs(stage)
         if dims.dp > 1 and replicate == "fsdp":

@@ -31,7 +31,7 @@ from jobs.targets import Target, settings_of
 def sequence_layers(model: Target) -> tuple[str, ...] | None:
     """The layers of a built-in model that is a flat sequence, by kind, in order: where pipeline stages may be cut.
     None for any other model (a user's is counted on the ranks, or cut at ``strategy.split_points``)."""
-    if model.path in ("jobs.models.transformer", "jobs.models.cnn"):
+    if model.path in ("jobs.models.transformer", "jobs.models.cnn", "jobs.models.gpt"):
         return settings_of(model, model.load().settings).layers()  # type: ignore[attr-defined]
     return None
 

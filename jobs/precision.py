@@ -99,6 +99,11 @@ class Precision:
 
 def precision_for(name: str, *, device: torch.device, fsdp_sharded: bool) -> Precision:
     """The precision ``name`` on ``device``; ``fsdp_sharded``: FSDP2's policy casts instead of autocast."""
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ValueError(f"train.precision=bf16: {torch.cuda.get_device_name(device)} (compute capability "
+                         f"{major}.{minor}) has no bf16 arithmetic, which needs 8.0 (Ampere) or newer; use "
+                         "train.precision=fp16 on it")
     scaler = None
     if name == "fp16":
         # The scaler's inf check is summed over all ranks (its default group): shards and stages skip together.

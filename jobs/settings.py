@@ -71,6 +71,7 @@ class StrategyConfig:
     replicate: str = "ddp"  # hybrid: how each stage is replicated over its dp peers: ddp or fsdp
     split_points: tuple[str, ...] = ()  # pipeline/hybrid: modules that begin stages ([blocks.4]); none: a Sequential
     fsdp_units: tuple[str, ...] = ()  # fsdp: classes sharded one by one ([Block]); none: ModuleList members or children
+    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, more time
 
     def __post_init__(self) -> None:
         _tuples(self, "split_points", "fsdp_units")
@@ -162,6 +163,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32, bf16 or fp16 (with loss scaling) for forward and backward; weights stay fp32
     grad_clip_norm: float = 0.0  # clip the gradient to this global L2 norm (0: no clipping); logged as grad_norm
     eval_every_steps: int = 0  # optimizer steps between two evaluations on the validation split (0: at the end only)
+    compile: bool = False  # torch.compile each block of the model (the first steps compile: slower; then faster)
 
     def __post_init__(self) -> None:
         _tuples(self, "allow_changes")

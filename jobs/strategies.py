@@ -1,7 +1,8 @@
 """Parallel strategies as plain functions: each takes a model and returns the module to train."""
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -63,6 +64,44 @@ def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh, units: tuple[str, ...] = (
         fully_shard(unit, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
+
+
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's blocks, the unit of activation checkpointing and compiling: the members of its
+    ``nn.ModuleList``s (a user's transformer layers), else the children of a class it has several of (the built-in
+    transformers' blocks), else every child with parameters."""
+    everything = [module for module in model.modules() if module is not model]
+    listed = [member for module in everything if isinstance(module, nn.ModuleList) for member in module]
+    if listed:
+        return listed
+    children = [child for child in model.children() if any(True for _ in child.parameters())]
+    kinds = [type(child) for child in children]
+    return [child for child in children if kinds.count(type(child)) > 1] or children
+
+
+def checkpoint_blocks(model: nn.Module) -> int:
+    """``strategy.activation_checkpointing``: each block keeps only its input for backward and computes its
+    activations again there (``torch.utils.checkpoint``, non-reentrant: the same random draws, so dropout and the
+    numbers are those of a run without it). Done in place, so parameter names do not change; the blocks
+    done."""
+    from torch.utils.checkpoint import checkpoint
+
+    blocks = repeated_blocks(model)
+    for block in blocks:
+        def checkpointed(*args: Any, _forward: Callable[..., Any] = block.forward, **kwargs: Any) -> Any:
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+        block.forward = checkpointed
+    return len(blocks)
+
+
+def compile_blocks(model: nn.Module) -> int:
+    """``train.compile``: ``torch.compile`` each block in place (``nn.Module.compile``: parameter names do not
+    change), as torchtitan does: one graph per kind of block, compiled once; the blocks done."""
+    blocks = repeated_blocks(model)
+    for block in blocks:
+        block.compile()
+    return len(blocks)
 
 
 def apply_single(model: nn.Module, *, device: torch.device) -> nn.Module:

@@ -11,5 +11,9 @@ tests=$?
 echo "== benchmark: our DDP step against the plain script's, the same model, one run"
 timeout 180 $PY -m tests.bench.gpu_step --steps 300 --rounds 3
 bench=$?
-echo "== exit: tests $tests, benchmark $bench"
-exit $(( tests || bench ))
+echo "== benchmark: the gpt's bf16, activation checkpointing and compile; tokens/s and model FLOPs utilisation"
+timeout 240 $PY -m tests.bench.training_features --device cuda --dim 768 --depth 12 --heads 12 --seq-len 1024 \
+  --batch 8 --cycles 3
+features=$?
+echo "== exit: tests $tests, benchmarks $bench $features"
+exit $(( tests || bench || features ))

@@ -6,6 +6,7 @@ the training). Also: micro-batch accumulation, and a resume on other numbers of 
 evaluations reads every held-out sample once."""
 
 import collections
+import functools
 import random
 import shutil
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 
 from cluster.rundir import read_events, read_jsonl
 from jobs.data import held_out
-from tests.helpers import final_model, read_summary
+from tests.helpers import REPO, final_model, read_summary, run_train
 from tests.ranks.test_user_code import package, train  # noqa: F401  (package: a fixture)
 
 STEPS = 12
@@ -51,19 +52,31 @@ CELLS = {
 }
 
 
+# The language model on real text (this README's bytes, windows of 16: every stop is mid-epoch), cut into
+# pipelines of two stages and replicated, in bf16, with dropout and validation.
+GPT = ("model=gpt", "data=text", f"data.path={REPO / 'README.md'}", "data.seq_len=16", "model.dim=32",
+       "model.dropout=0.1", f"train.steps={STEPS}", "train.global_batch_size=32", "train.log_every_steps=4",
+       "data.val_fraction=0.02", "train.eval_every_steps=5")
+TEXT_CELLS = {"gpt-hybrid-4-bf16": ("strategy=hybrid", "cluster.tasks_per_node=4", "train.precision=bf16")}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("cell", [*CELLS, *TEXT_CELLS])
 def test_a_run_stopped_at_a_random_step_ends_as_an_uninterrupted_one(package, tmp_path, cell):  # noqa: F811
     """The uninterrupted run saves every ``stop`` steps; the checkpoint of the stop step, alone in a new run
     directory, is what a run stopped there leaves (the same save at a step boundary); the run goes on from it."""
     stop = random.Random().randint(1, STEPS - 1)
     print(f"{cell}: stopped at step {stop}")
-    run = (*RUN, *CELLS[cell], f"train.checkpoint_every_steps={stop}", f"train.keep_checkpoints={STEPS}")
-    train(package, *run, f"hydra.run.dir={tmp_path / 'whole'}")
+    if cell in TEXT_CELLS:
+        run, runner = (*GPT, *TEXT_CELLS[cell]), run_train
+    else:
+        run, runner = (*RUN, *CELLS[cell]), functools.partial(train, package)
+    run = (*run, f"train.checkpoint_every_steps={stop}", f"train.keep_checkpoints={STEPS}")
+    runner(*run, f"hydra.run.dir={tmp_path / 'whole'}")
     saved = tmp_path / "whole" / "checkpoints" / f"step-{stop:06d}"
     assert saved.is_dir(), sorted(p.name for p in saved.parent.iterdir())
     shutil.copytree(saved, tmp_path / "split" / "checkpoints" / saved.name)
-    train(package, *run, f"hydra.run.dir={tmp_path / 'split'}")
+    runner(*run, f"hydra.run.dir={tmp_path / 'split'}")
     split, whole = read_summary(tmp_path / "split"), read_summary(tmp_path / "whole")
     assert split["resumed_from_step"] == stop
     assert split["param_digest"] == whole["param_digest"], f"{cell}, stopped at {stop}"

@@ -1,6 +1,7 @@
 """Datasets read by torchvision from small files written here in the real on-disk formats."""
 
 import pickle
+import re
 import struct
 
 import numpy as np
@@ -103,3 +104,28 @@ def test_val_fraction_holds_out_the_same_samples_whatever_the_seed():
         held.append(info.validation.indices)
     assert held[0] == held[1] == held_out(1000, 0.1)[1]
     assert held_out(10, 0.01)[1] and len(held_out(10, 0.01)[1]) == 1  # set: at least one sample
+
+
+def test_text_is_bytes_in_windows_whose_targets_are_the_next_byte(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes(bytes(range(200)) + "é".encode())  # 202 bytes: 20 windows of 10 (+1), the rest left out
+    info = describe(data("text", path=str(path), seq_len=10))
+    assert len(info.dataset) == 20 and info.num_classes == 256 and info.sample_shape == (10,)
+    inputs, targets = info.dataset[3]
+    assert inputs.tolist() == list(range(30, 40)) and targets.tolist() == list(range(31, 41))
+    assert inputs.dtype == torch.int64
+    again = pickle.loads(pickle.dumps(info.dataset))  # a DataLoader worker maps the file itself
+    assert again._bytes is None and torch.equal(again[19][1], info.dataset[19][1])
+    assert info.dataset[19][1][-1] == 0xC3  # the last window ends at byte 200 (é's first); byte 201 fills none
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({}, "data.path is not set; name the text file to train on: data=text data.path=FILE"),
+    ({"path": "/nonexistent.txt"}, "data.path=/nonexistent.txt: no such file"),
+    ({"path": "SHORT", "seq_len": 64}, "holds 5 bytes, not one window of data.seq_len=64 + 1"),
+])
+def test_text_that_cannot_be_trained_on_is_refused_on_the_login_node(tmp_path, settings, message):
+    (tmp_path / "short.txt").write_bytes(b"hello")
+    settings = {k: str(tmp_path / "short.txt") if v == "SHORT" else v for k, v in settings.items()}
+    with pytest.raises((ValueError, FileNotFoundError), match=re.escape(message)):
+        check_data(data("text", **settings))
