@@ -9,6 +9,7 @@ import collections
 import functools
 import random
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
@@ -117,19 +118,21 @@ def test_micro_batches_accumulate_to_the_step_without_them(package, tmp_path, ce
         torch.testing.assert_close(micro[name], one[name], atol=1e-6, rtol=0, msg=name)
 
 
-VALIDATION = held_out(SAMPLES, VAL_FRACTION)[1]
+VALIDATION = held_out(SAMPLES, VAL_FRACTION)[1]  # the indices data.val_fraction holds out, in order
 
 
-def steps_read(log: Path, *, segments: list[tuple[int, int]], global_batch: int) -> list[list[int]]:
+def steps_read(log: Path, *, segments: list[tuple[int, int]], global_batch: int,
+               validation: Collection[int] = ()) -> list[list[int]]:
     """The samples each step of a run read (sorted), from the files of ``tests/scripts/logged_data.py``:
-    ``segments`` are (world size, steps) of its starts, in order, each a different world size."""
+    ``segments`` are (world size, steps) of its starts, in order, each a different world size; the reads of the
+    ``validation`` samples (held out) are not the steps'."""
     steps: list[list[int]] = []
     for world, count in segments:
         share = global_batch // world
         reads = {}
         for file in log.glob(f"{world}-*.txt"):
             rank = int(file.name.split("-")[1])
-            lines = [int(line) for line in file.read_text().split() if int(line) not in VALIDATION]
+            lines = [int(line) for line in file.read_text().split() if int(line) not in validation]
             # before training: the trainer's look at item 0, the loader's at items 0-2 (does it draw at random?)
             assert len(lines) == count * share + 4, (file, len(lines))
             reads[rank] = lines[4:]
@@ -154,12 +157,13 @@ def test_a_run_resumed_on_four_ranks_then_on_one_reads_the_same_samples_and_ends
                f"hydra.run.dir={tmp_path / 'elastic'}")
     for ranks, steps in ((2, 5), (4, 8), (1, STEPS)):
         train(package, *elastic, f"cluster.tasks_per_node={ranks}", f"train.steps={steps}")
-    whole = steps_read(tmp_path / "log-whole", segments=[(2, STEPS)], global_batch=48)
+    whole = steps_read(tmp_path / "log-whole", segments=[(2, STEPS)], global_batch=48, validation=VALIDATION)
     # Every evaluation (at steps 5, 10 and the end of each run) read each held-out sample once, on any number of ranks
     for log, world, evaluations in (("log-whole", 2, 3), ("log-elastic", 2, 1), ("log-elastic", 4, 1),
                                     ("log-elastic", 1, 2)):
         assert validation_reads(tmp_path / log, world) == {index: evaluations for index in VALIDATION}, (log, world)
-    assert steps_read(tmp_path / "log-elastic", segments=[(2, 5), (4, 3), (1, 4)], global_batch=48) == whole
+    assert steps_read(tmp_path / "log-elastic", segments=[(2, 5), (4, 3), (1, 4)], global_batch=48,
+                      validation=VALIDATION) == whole
     assert len({i for step in whole[:5] for i in step}) == 5 * 48  # an epoch reads no sample twice
     one, elastic_model = final_model(tmp_path / "whole"), final_model(tmp_path / "elastic")
     for name in one:
