@@ -14,7 +14,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-import jobs.settings  # noqa: F401  (registers the schemas conf/ names)
+import jobs.settings
 from jobs.plan import config_message, plan_from_config
 from jobs.user_errors import exit_on_user_error
 
@@ -27,6 +27,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"param digest: {summary['param_digest']}\n"
         f"run dir: {summary['run_dir']} (summary.json, metrics.jsonl, checkpoints/)"
     )
+
+
+jobs.settings.register()  # the schemas conf/ names (again, if importing jobs.settings did: it overwrites)
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="train")
