@@ -3,6 +3,7 @@
 Plain functions around one loop; the strategy, the model and the data are built elsewhere.
 """
 
+import collections
 import dataclasses
 import hashlib
 import math
@@ -105,7 +106,9 @@ def train(plan: JobPlan, job: Job) -> dict[str, Any] | None:
     data = describe(plan.data, val_fraction=plan.split.val_fraction)
     loss_fn = _share_of(plan.loss.as_loss(), dims.accumulation)  # each forward/backward's share of the step's loss
     precision = precision_for(cfg.precision, device=device, fsdp_sharded=sharded_by_fsdp(plan, dims))
+    blocks: collections.Counter[str] = collections.Counter()  # checkpointed, compiled
     model, pipeline = parallelize(build_model(plan.model, data), plan, dims, rank=env.rank, device=device,
+                                  prepared=blocks,
                                   sample_shape=data.sample_shape, loss_fn=_stage_loss(loss_fn, precision),
                                   example=data.example)
     optimizer = build_optimizer(plan.optim, model.parameters())
@@ -117,7 +120,7 @@ def train(plan: JobPlan, job: Job) -> dict[str, Any] | None:
     resumed_from = job.resume(state)
     places = gather_places(model, pipeline, local_rank=env.local_rank)
     job.record("layout", ranks=places, accumulation=dims.accumulation,  # as it came out, to check against the plan
-               micro_batch_size=dims.forward_batch_size)
+               micro_batch_size=dims.forward_batch_size, blocks=dict(blocks))  # rank 0's blocks checkpointed, ...
 
     # The ranks of one pipeline share a replica's batch (the first stage reads the inputs, the last the targets).
     loader = ResumableLoader(data.dataset, dims.replica_batch_size, seed=cfg.seed, replicas=dims.dp,

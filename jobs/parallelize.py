@@ -1,8 +1,8 @@
 """The plan's strategy applied to a model: one function that chooses among the plain functions of
 ``jobs.strategies`` (ddp, fsdp, single) and ``jobs.pipeline`` (pipeline, hybrid)."""
 
+import collections
 import dataclasses
-import functools
 from collections.abc import Callable
 
 import torch
@@ -18,13 +18,18 @@ from jobs.strategies import apply_ddp, apply_fsdp, apply_single, checkpoint_bloc
 
 def parallelize(model: nn.Module, plan: JobPlan, dims: ParallelDims, *, rank: int, device: torch.device,
                 sample_shape: tuple[int, ...], loss_fn: Callable[..., torch.Tensor],
-                example: torch.Tensor | None = None) -> tuple[nn.Module, Pipeline | None]:
+                example: torch.Tensor | None = None, prepared: collections.Counter[str] | None = None
+                ) -> tuple[nn.Module, Pipeline | None]:
     """Apply the plan's strategy: the module to train, and the pipeline when there is one. ``example``: one input
     as the data gives it (DDP lays out its buckets with it). ``loss_fn``: what a pipeline's last stage computes
-    (and calls backward on)."""
+    (and calls backward on). ``prepared`` counts this rank's blocks checkpointed and compiled."""
     strategy = plan.strategy
     mp_policy = fsdp_policy(plan.train.precision) if plan.train.precision != "fp32" else None
-    prepare = functools.partial(prepare_blocks, plan=plan)
+    counts = prepared if prepared is not None else collections.Counter()
+
+    def prepare(module: nn.Module) -> None:
+        counts.update(prepare_blocks(module, plan=plan))
+
     if not strategy.pipelined:  # a pipeline's stages are prepared once cut
         prepare(model)
     if strategy.name == "ddp":
@@ -49,13 +54,15 @@ def parallelize(model: nn.Module, plan: JobPlan, dims: ParallelDims, *, rank: in
                           prepare=prepare)
 
 
-def prepare_blocks(model: nn.Module, *, plan: JobPlan) -> None:
+def prepare_blocks(model: nn.Module, *, plan: JobPlan) -> dict[str, int]:
     """What is done to each block before a strategy wraps it: activation checkpointing, then compiling (which
-    then compiles the recomputation too), as torchtitan orders them."""
+    then compiles the recomputation too), as torchtitan orders them; how many blocks each."""
+    done = {}
     if plan.strategy.activation_checkpointing:
-        checkpoint_blocks(model)
+        done["checkpointed"] = checkpoint_blocks(model)
     if plan.train.compile:
-        compile_blocks(model)
+        done["compiled"] = compile_blocks(model, backend=plan.train.compile_backend)
+    return done
 
 
 def sharded_by_fsdp(plan: JobPlan, dims: ParallelDims) -> bool:

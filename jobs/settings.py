@@ -164,6 +164,7 @@ class TrainConfig:
     grad_clip_norm: float = 0.0  # clip the gradient to this global L2 norm (0: no clipping); logged as grad_norm
     eval_every_steps: int = 0  # optimizer steps between two evaluations on the validation split (0: at the end only)
     compile: bool = False  # torch.compile each block of the model (the first steps compile: slower; then faster)
+    compile_backend: str = "inductor"  # torch.compile's backend (aot_eager: the same numbers as eager, to debug)
 
     def __post_init__(self) -> None:
         _tuples(self, "allow_changes")

@@ -95,12 +95,12 @@ def checkpoint_blocks(model: nn.Module) -> int:
     return len(blocks)
 
 
-def compile_blocks(model: nn.Module) -> int:
+def compile_blocks(model: nn.Module, *, backend: str = "inductor") -> int:
     """``train.compile``: ``torch.compile`` each block in place (``nn.Module.compile``: parameter names do not
     change), as torchtitan does: one graph per kind of block, compiled once; the blocks done."""
     blocks = repeated_blocks(model)
     for block in blocks:
-        block.compile()
+        block.compile(backend=backend)
     return len(blocks)
 
 

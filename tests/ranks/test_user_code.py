@@ -62,7 +62,10 @@ def test_the_package_is_not_importable_from_the_repository():
     (("strategy=hybrid", "strategy.split_points=[blocks.2]"), 4),
 ], ids=["ddp", "fsdp", "pipeline", "hybrid"])
 def test_a_user_model_trains_with_every_strategy_as_one_process_does(package, one_process, tmp_path, strategy, ranks):
-    train(package, *SHORT, *PLAIN, *strategy, f"cluster.tasks_per_node={ranks}", f"hydra.run.dir={tmp_path / 'p'}")
+    """With activation checkpointing and each block compiled (the aot_eager backend: the graphs dynamo captures,
+    computing eager's numbers, without inductor's minutes of C++ compiling on these CPUs), which change no number."""
+    train(package, *SHORT, *PLAIN, *strategy, f"cluster.tasks_per_node={ranks}", f"hydra.run.dir={tmp_path / 'p'}",
+          "strategy.activation_checkpointing=true", "train.compile=true", "train.compile_backend=aot_eager")
     parallel, single = final_model(tmp_path / "p"), final_model(one_process)
     assert parallel.keys() == single.keys() and "blocks.3.linear.weight" in single
     for name in single:
@@ -74,6 +77,9 @@ def test_a_user_model_trains_with_every_strategy_as_one_process_does(package, on
     for (step, loss, accuracy), (_, one_loss, one_accuracy) in zip(*evaluated.values(), strict=True):
         assert abs(loss - one_loss) < 1e-6 and accuracy == one_accuracy, (step, loss, one_loss)
     assert read_summary(tmp_path / "p")["val_loss"] == evaluated[tmp_path / "p"][-1][1]
+    blocks = [e["blocks"] for e in read_events(tmp_path / "p") if e["event"] == "layout"][0]  # rank 0's
+    staged = strategy[0] in ("strategy=pipeline", "strategy=hybrid")  # rank 0 holds the first stage's blocks
+    assert blocks["checkpointed"] == blocks["compiled"] >= (1 if staged else 4), blocks
     if "strategy=fsdp" in strategy:  # the default rule: each member of the ModuleList is a unit
         layout = [e for e in read_events(tmp_path / "p") if e["event"] == "layout"]
         assert layout
