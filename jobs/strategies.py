@@ -1,5 +1,6 @@
 """Parallel strategies as plain functions: each takes a model and returns the module to train."""
 
+import collections
 import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,7 +34,9 @@ def apply_ddp(model: nn.Module, *, device: torch.device, bucket_cap_mb: float,
 def fsdp_units(model: nn.Module, class_names: tuple[str, ...] = ()) -> list[nn.Module]:
     """The modules FSDP shards one by one (innermost first), so that only one unit's parameters are gathered at a
     time: those of the classes named; by default the model's repeated blocks, each member of an ``nn.ModuleList``
-    (a user's transformer layers), or else each child with parameters (a layer of an ``nn.Sequential``)."""
+    (a user's transformer layers), or else each child with parameters (a layer of an ``nn.Sequential``). Units
+    that share a parameter (a head tied to the embedding) are left to the root: FSDP puts a parameter in one
+    group only."""
     def has_parameters(module: nn.Module) -> bool:
         return any(True for _ in module.parameters())
 
@@ -47,7 +50,9 @@ def fsdp_units(model: nn.Module, class_names: tuple[str, ...] = ()) -> list[nn.M
     else:
         units = [member for listed in everything if isinstance(listed, nn.ModuleList) for member in listed]
         units = units or list(model.children())
-    chosen = {id(unit) for unit in units if has_parameters(unit)}
+    names = collections.Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    tied = {key for key, count in names.items() if count > 1}  # one parameter under two names
+    chosen = {id(unit) for unit in units if has_parameters(unit) and not tied & {id(p) for p in unit.parameters()}}
     return [module for module in reversed(everything) if id(module) in chosen]  # inner units before outer ones
 
 

@@ -12,12 +12,19 @@ from tests.ranks.test_user_code import package, train  # noqa: F401  (package: a
 
 MLP = ("model=mlp", "train.steps=60", "train.global_batch_size=64", "train.log_every_steps=10",
        "train.checkpoint_every_steps=0")
-# The seed article's MLP is not an nn.Sequential: its pipeline is cut where fc2 begins.
+# The language model on this repository's README (bytes), small: 40 steps of 32 windows of 32 bytes.
+GPT = ("model=gpt", "data=text", "data.path=README.md", "data.seq_len=32", "model.dim=32", "train.steps=40",
+       "train.global_batch_size=32", "train.log_every_steps=10", "train.checkpoint_every_steps=0")
+# The seed article's MLP is not an nn.Sequential: its pipeline is cut where fc2 begins; the gpt's between blocks.
 STRATEGIES = {
-    "ddp": ("strategy=ddp",),
-    "fsdp": ("strategy=fsdp",),
-    "pipeline": ("strategy=pipeline", "strategy.split_points=[fc2]", "strategy.microbatches=2"),
+    ("mlp", "ddp"): ("strategy=ddp",),
+    ("mlp", "fsdp"): ("strategy=fsdp",),
+    ("mlp", "pipeline"): ("strategy=pipeline", "strategy.split_points=[fc2]", "strategy.microbatches=2"),
+    ("gpt", "ddp"): ("strategy=ddp",),
+    ("gpt", "fsdp"): ("strategy=fsdp",),
+    ("gpt", "pipeline"): ("strategy=pipeline", "strategy.microbatches=2"),
 }
+RUNS = {"mlp": MLP, "gpt": GPT}
 # The final loss at a lower precision, against fp32's on the same data (the README states it).
 TOLERANCE = 0.02
 
@@ -28,25 +35,33 @@ def records(run_dir) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def fp32(tmp_path_factory):
-    """The fp32 run every strategy's bf16 and fp16 runs are held to (in fp32 the strategies end as one process does,
-    within 1e-5 of the loss: tests/ranks/test_parallel.py), once for the module."""
-    run_dir = tmp_path_factory.mktemp("fp32")
-    run_train(*MLP, *STRATEGIES["ddp"], f"hydra.run.dir={run_dir}")
-    return run_dir
+    """The fp32 run of each model that every strategy's bf16 and fp16 runs are held to (in fp32 the strategies end
+    as one process does, within 1e-5 of the loss: tests/ranks/test_parallel.py), once for the module."""
+    done = {}
+
+    def run(model: str):
+        if model not in done:
+            done[model] = tmp_path_factory.mktemp(f"fp32-{model}")
+            run_train(*RUNS[model], *STRATEGIES[model, "ddp"], f"hydra.run.dir={done[model]}")
+        return done[model]
+
+    return run
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", list(STRATEGIES))
-def test_bf16_and_fp16_end_within_the_tolerance_of_fp32(tmp_path, fp32, strategy):
-    losses = {"fp32": read_summary(fp32)["final_loss"]}
+@pytest.mark.parametrize("model, strategy", list(STRATEGIES), ids=[f"{m}-{s}" for m, s in STRATEGIES])
+def test_bf16_and_fp16_end_within_the_tolerance_of_fp32(tmp_path, fp32, model, strategy):
+    baseline = fp32(model)
+    losses = {"fp32": read_summary(baseline)["final_loss"]}
     for precision in ("bf16", "fp16"):
         run_dir = tmp_path / precision
-        run_train(*MLP, *STRATEGIES[strategy], f"train.precision={precision}", f"hydra.run.dir={run_dir}")
+        run_train(*RUNS[model], *STRATEGIES[model, strategy], f"train.precision={precision}",
+                  f"hydra.run.dir={run_dir}")
         summary = read_summary(run_dir)
         assert summary["precision"] == precision
         losses[precision] = summary["final_loss"]
-    print(strategy, losses)
-    assert losses["fp32"] < records(fp32)[0]["loss"] - 0.5  # it learned: the comparison means something
+    print(model, strategy, losses)
+    assert losses["fp32"] < records(baseline)[0]["loss"] - 0.5  # it learned: the comparison means something
     assert abs(losses["bf16"] - losses["fp32"]) <= TOLERANCE and abs(losses["fp16"] - losses["fp32"]) <= TOLERANCE
     assert losses["bf16"] != losses["fp32"]  # the lower precision was used
     assert all("loss_scale" in record for record in records(tmp_path / "fp16"))

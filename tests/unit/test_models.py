@@ -134,3 +134,12 @@ def test_activation_checkpointing_recomputes_each_block_in_backward_and_changes_
     assert keys == plain_keys  # checkpoints keep their parameter names
     for name_, grad in grads.items():
         torch.testing.assert_close(grad, plain_grads[name_], rtol=0, atol=0, msg=name_)
+
+
+def test_fsdp_leaves_the_units_that_share_a_tied_parameter_to_the_root():
+    from jobs.strategies import fsdp_units
+
+    tied = build_model("gpt", sample_shape=(8,), num_classes=256, dim=32, depth=2)
+    assert [type(unit).__name__ for unit in fsdp_units(tied)] == ["GPTBlock", "GPTBlock"]
+    untied = build_model("gpt", sample_shape=(8,), num_classes=256, dim=32, depth=2, tie_head=False)
+    assert [type(unit).__name__ for unit in fsdp_units(untied)] == ["LMHead", "GPTBlock", "GPTBlock", "TokenEmbedding"]
