@@ -45,9 +45,11 @@ CELLS = {
     "hybrid-ddp-4": ("strategy=hybrid", "cluster.tasks_per_node=4", "strategy.split_points=[blocks.2]"),
     "hybrid-fsdp-4": ("strategy=hybrid", "strategy.replicate=fsdp", "cluster.tasks_per_node=4",
                       "strategy.split_points=[blocks.2]"),
-    # Mixed precision and clipping on: FSDP2's bf16 policy, and fp16's loss scaler (its scale in the checkpoint).
-    "fsdp-2-bf16-clipped": ("strategy=fsdp", "cluster.tasks_per_node=2", "train.precision=bf16",
-                            "train.grad_clip_norm=0.5"),
+    # Mixed precision and clipping on: FSDP2's bf16 policy, and fp16's loss scaler (its scale in the checkpoint);
+    # activation checkpointing and compiled blocks (aot_eager: dynamo's graphs, without inductor's C++ compiles).
+    "fsdp-2-bf16-clipped-checkpointed-compiled": (
+        "strategy=fsdp", "cluster.tasks_per_node=2", "train.precision=bf16", "train.grad_clip_norm=0.5",
+        "strategy.activation_checkpointing=true", "train.compile=true", "train.compile_backend=aot_eager"),
     "pipeline-1f1b-2-fp16-clipped": ("strategy=pipeline", "strategy.split_points=[blocks.2]", "train.precision=fp16",
                                      "train.grad_clip_norm=0.5"),
 }

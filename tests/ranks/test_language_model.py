@@ -22,3 +22,9 @@ def test_a_gpt_learns_the_readme_in_bf16_and_reports_its_perplexity(tmp_path):
     summary = read_summary(tmp_path)
     assert summary["precision"] == "bf16" and summary["val_loss"] < 3.8
     assert summary["val_perplexity"] == pytest.approx(math.exp(summary["val_loss"]))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "tensorboard"))
+    board.Reload()
+    assert {"train/loss", "val/loss", "val/accuracy", "val/perplexity"} <= set(board.Tags()["scalars"])
+    assert board.Scalars("val/loss")[-1].value == pytest.approx(summary["val_loss"], rel=1e-6)
