@@ -98,6 +98,10 @@ class ParallelDims:
         expect)."""
         return [pp_index + round_ * self.pp for round_ in range(self.stages_per_rank)]
 
+    def stage_owner(self, stage: int) -> int:
+        """The pipeline rank (pp index) that holds ``stage``: the inverse of ``stages_of``."""
+        return stage % self.pp
+
     def dp_peers(self, rank: int) -> list[int]:
         """The ranks holding the same stages as ``rank`` (its replicas)."""
         _, pp_index = self.coordinates(rank)

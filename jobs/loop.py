@@ -104,7 +104,8 @@ def train(plan: JobPlan, job: Job) -> dict[str, Any] | None:
     cfg = plan.train
     seed_everything(cfg.seed)  # the same initial model on every rank
     data = describe(plan.data, val_fraction=plan.split.val_fraction)
-    loss_fn = _share_of(plan.loss.as_loss(), dims.accumulation)  # each forward/backward's share of the step's loss
+    criterion = plan.loss.as_loss()  # the configured loss: a batch's mean
+    loss_fn = _share_of(criterion, dims.accumulation)  # each forward/backward's share of the step's loss
     precision = precision_for(cfg.precision, device=device, fsdp_sharded=sharded_by_fsdp(plan, dims))
     blocks: collections.Counter[str] = collections.Counter()  # checkpointed, compiled
     model, pipeline = parallelize(build_model(plan.model, data), plan, dims, rank=env.rank, device=device,
@@ -132,7 +133,7 @@ def train(plan: JobPlan, job: Job) -> dict[str, Any] | None:
 
     def validate() -> dict[str, float] | None:
         assert evaluation is not None
-        return evaluate(model, pipeline, evaluation, job=job, loss_fn=plan.loss.as_loss(), precision=precision)
+        return evaluate(model, pipeline, evaluation, job=job, loss_fn=criterion, precision=precision)
 
     metrics = MetricsLog(run_dir, resumed_step=resumed_from) if env.is_main else None
     progress = ProgressLine(cfg.steps) if env.is_main else None

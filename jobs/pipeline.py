@@ -202,7 +202,7 @@ def apply_pipeline(model: nn.Module, dims: ParallelDims, *, rank: int, mesh: Dev
                            pp_group=mesh["pp"].get_group(), pp_ranks=pp_ranks,
                            dp_ranks=dist.get_process_group_ranks(mesh["dp"].get_group()),
                            parameters=list(local.parameters()), stages=wrapped,
-                           owners=[pp_ranks[stage % dims.pp] for stage in range(dims.stages)],  # as stages_of
+                           owners=[pp_ranks[dims.stage_owner(stage)] for stage in range(dims.stages)],
                            boundaries=[[(tuple(t.shape[1:]), t.dtype) for t in tensors] for tensors in boundaries])
 
 

@@ -64,7 +64,7 @@ def member_status(member: Member, slurm: dict[str, tuple[str, str]]) -> MemberSt
         state = from_run_dir(run_dir)
     events = read_events(run_dir)
     restarts = max([e.get("restart", 0) for e in events if e["event"] == "started"], default=0) + len(member.attempts)
-    step, loss = _last_metrics(run_dir)
+    step, loss, val_loss = _last_metrics(run_dir)
     # Only since its latest submission: an earlier attempt's error is not this one's (ISO times compare as text).
     failures = [e for e in events if e["event"] == "failed" and (e.get("error") or e.get("reason"))
                 and e.get("time", "") >= member.submitted_at]
@@ -74,7 +74,7 @@ def member_status(member: Member, slurm: dict[str, tuple[str, str]]) -> MemberSt
     hangs = [f"step {e.get('step')}: {e.get('reason', '')}" for e in events if e["event"] == "hung"]
     bad_nodes = sorted({node for e in events if e["event"] == bad_nodes_event for node in e.get("nodes", [])})
     return MemberStatus(member, state, restarts, step, loss, elapsed, error, world_sizes(events), hangs, bad_nodes,
-                        val_loss=last_val_loss(run_dir))
+                        val_loss=val_loss)
 
 
 def world_sizes(events: list[dict[str, Any]]) -> list[int]:
@@ -89,20 +89,22 @@ def world_sizes(events: list[dict[str, Any]]) -> list[int]:
 def read_curve(run_dir: Path) -> tuple[list[int], list[float]]:
     """(steps, losses) of a run's metrics.jsonl; a resumed run's repeated steps keep their last value, and a
     line still being written is skipped."""
-    by_step = {record["step"]: record["loss"] for record in read_jsonl(RunDir(run_dir).metrics)}
+    return _curve(read_jsonl(RunDir(run_dir).metrics))
+
+
+def _curve(records: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
+    by_step = {record["step"]: record["loss"] for record in records}
     steps = sorted(by_step)
     return steps, [by_step[s] for s in steps]
 
 
-def last_val_loss(run_dir: Path) -> float | None:
-    """The validation loss of a run's last evaluation in metrics.jsonl (None before its first)."""
-    evaluated = [record["val_loss"] for record in read_jsonl(RunDir(run_dir).metrics) if "val_loss" in record]
-    return evaluated[-1] if evaluated else None
-
-
-def _last_metrics(run_dir: Path) -> tuple[int, float | None]:
-    steps, losses = read_curve(run_dir)
-    return (steps[-1], losses[-1]) if steps else (0, None)
+def _last_metrics(run_dir: Path) -> tuple[int, float | None, float | None]:
+    """The last step, its loss, and the validation loss of the last evaluation (None before its first): one read of
+    metrics.jsonl (a status of many members reads many)."""
+    records = read_jsonl(RunDir(run_dir).metrics)
+    steps, losses = _curve(records)
+    evaluated = [record["val_loss"] for record in records if "val_loss" in record]
+    return (steps[-1] if steps else 0, losses[-1] if steps else None, evaluated[-1] if evaluated else None)
 
 
 def sweep_status(manifest: Manifest) -> tuple[list[MemberStatus], str]:
