@@ -13,12 +13,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cluster import history
 from cluster.errors import ClusterError
+from cluster.rundir import check_unclaimed
 from cluster.slurm import commands
 from cluster.slurm.commands import ENDED_BADLY
-from cluster.sweep.arrays import submit_members
 from cluster.sweep.local_queue import cancel_members, start_queue
-from cluster.sweep.manifest import Manifest, Member, NotASweepError, find_manifest
+from cluster.sweep.manifest import Manifest, Member, NotASweepError, find_manifest, load_submissions
 from cluster.sweep.status import (
     STILL_RUNNING,
     USAGE,
@@ -30,25 +31,33 @@ from cluster.sweep.status import (
 
 
 def status(args: argparse.Namespace) -> int:
+    if args.path is None:
+        return recent_runs(args.last)
     manifest = find_manifest(args.path)
     statuses, source = sweep_status(manifest)
     counts = collections.Counter(s.state for s in statuses)
+    wanted = {state.strip().upper() for state in args.state.split(",")} if args.state else None
+    shown = [s for s in statuses if wanted is None or s.state in wanted]
     if args.json:
         print(json.dumps({"sweep_dir": manifest.sweep_dir, "source": source, "counts": dict(counts),
-                          "members": [s.as_dict() for s in statuses]}, indent=1))
+                          "pack": manifest.pack, "members": [s.as_dict() for s in shown]}, indent=1))
         return exit_code(statuses)
+    # The summary first: with 10,000 members the table scrolls it away.
+    print(f"{len(statuses)} member(s): " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+          + f" (states from {source})" + (f"; showing {len(shown)} {args.state.upper()}" if wanted else ""))
     labels = varying_overrides(manifest.members)
     validated = any(s.val_loss is not None for s in statuses)  # a column only for sweeps that evaluate
-    rows = [("member", "state", "restarts", "step", "loss", *(("val_loss",) if validated else ()), "ranks", "elapsed",
-             "overrides")]
-    for s in statuses:
+    packed = manifest.pack > 1  # which allocation (array task) holds which member
+    rows = [("member", "state", *(("allocation",) if packed else ()), "restarts", "step", "loss",
+             *(("val_loss",) if validated else ()), "ranks", "elapsed", "overrides")]
+    for s in shown:
         total = f"/{s.member.steps}" if s.member.steps else ""
         val_loss = (_number(s.val_loss),) if validated else ()
-        rows.append((str(s.member.index), s.state, str(s.restarts), f"{s.step}{total}", _number(s.loss), *val_loss,
-                     "->".join(map(str, s.ranks)) or "-", s.elapsed or "-",
-                     labels[s.member.index]))
+        rows.append((str(s.member.index), s.state, *((s.member.slurm_id,) if packed else ()), str(s.restarts),
+                     f"{s.step}{total}", _number(s.loss), *val_loss, "->".join(map(str, s.ranks)) or "-",
+                     s.elapsed or "-", labels[s.member.index]))
     _print_table(rows)
-    for s in statuses:
+    for s in shown:
         if s.error:
             print(f"member {s.member.index} {s.state}: {s.error}")
         if s.hangs:
@@ -56,9 +65,32 @@ def status(args: argparse.Namespace) -> int:
                                                                       else ""))
         if s.bad_nodes:
             print(f"member {s.member.index} keeps out bad node(s): {', '.join(s.bad_nodes)}")
-    print(f"{len(statuses)} member(s): " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-          + f" (states from {source})")
     return exit_code(statuses)
+
+
+def recent_runs(last: int) -> int:
+    """``status`` with no path: the user's recent sweeps and runs (``cluster.history``), newest first."""
+    entries = history.recent(last)
+    if not entries:
+        print(f"no runs or sweeps on record in {history.path()}; submit one, or give a path: "
+              "python -m cluster status DIR")
+        return 0
+    rows = [("submitted", "kind", "members", "state", "progress", "path")]
+    for entry in entries:
+        try:
+            manifest = find_manifest(Path(entry["path"]))
+        except (NotASweepError, OSError, ValueError):  # deleted or rewritten since: nothing to say of it
+            continue
+        statuses, _ = sweep_status(manifest)
+        counts = collections.Counter(s.state for s in statuses)
+        done = sum(s.step for s in statuses)
+        steps = sum(s.member.steps for s in statuses)
+        progress = f"{100 * done / steps:.0f}% of steps" if steps else f"step {done}"
+        kind = "run" if manifest.kind == "run" else f"sweep ({manifest.kind})"
+        rows.append((entry["time"].replace("T", " "), kind, str(len(statuses)),
+                     ", ".join(f"{n} {state}" for state, n in sorted(counts.items())), progress, entry["path"]))
+    _print_table(rows)
+    return 0
 
 
 def _number(value: float | None) -> str:
@@ -123,7 +155,11 @@ def retry(args: argparse.Namespace) -> int:
     if manifest.kind == "local":
         where = f"to a new local queue (pid {start_queue(manifest, again, parallelism=args.parallelism)})"
     else:
-        arrays = submit_members(manifest, [(member, manifest.load_submission(member)) for member in again],
+        check_unclaimed([Path(member.run_dir) for member in again])
+        from cluster.sweep.arrays import submit_members  # submitit: only to submit
+
+        recorded = load_submissions(manifest.submissions_path)
+        arrays = submit_members(manifest, [(member, recorded[member.index]) for member in again],
                                 parallelism=len(again))
         where = f"as job {', '.join(arrays)}"
     print(f"resubmitted member(s) {', '.join(str(m.index) for m in again)} {where}; "
@@ -147,14 +183,20 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("run", add_help=False, help="run a command as every rank of a Slurm job (or --local N): "
                         "python -m cluster run [options] -- COMMAND [ARGS...]; run --help for the options")
 
-    def command(run, help_text: str) -> argparse.ArgumentParser:
+    def command(run, help_text: str, *, path_optional: bool = False) -> argparse.ArgumentParser:
         cmd = commands.add_parser(run.__name__, help=help_text)
-        cmd.add_argument("path", type=Path, help="the sweep directory (or a member's or a single run's run directory)")
+        cmd.add_argument("path", type=Path, nargs="?" if path_optional else None,
+                         help="the sweep directory (or a member's or a single run's run directory)"
+                         + ("; none: your recent runs and sweeps" if path_optional else ""))
         cmd.set_defaults(run=run)
         return cmd
 
-    command(status, "a table of every member's state, progress and loss").add_argument(
-        "--json", action="store_true", help="print JSON for scripts")
+    cmd = command(status, "a table of every member's state, progress and loss; with no path, your recent runs "
+                  "and sweeps", path_optional=True)
+    cmd.add_argument("--json", action="store_true", help="print JSON for scripts")
+    cmd.add_argument("--state", default="", help="only members in these states (FAILED, RUNNING,PENDING, ...); "
+                     "the summary line still counts them all")
+    cmd.add_argument("--last", type=int, default=10, help="with no path: how many recent runs and sweeps to list")
     cmd = command(logs, "a member's log (rank 0 by default)")
     cmd.add_argument("member", type=int, nargs="?", default=0, help="member number (default 0)")
     cmd.add_argument("--rank", type=int, default=0, help="the rank whose log to show")
@@ -184,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args)
+    except BrokenPipeError:  # `status | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error as Python flushes at exit
+        return 0
     except (NotASweepError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return USAGE

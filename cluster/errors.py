@@ -54,6 +54,10 @@ class SlurmUnavailableError(ClusterError, RuntimeError):
     """Slurm is not installed here, or its controller does not answer."""
 
 
+class SubmissionRefusedError(ClusterError, RuntimeError):
+    """sbatch refused the job; nothing was submitted."""
+
+
 def literal(text: str) -> str:
     """``text`` for a message template: its braces kept as they are (a path, a user's value)."""
     return text.replace("{", "{{").replace("}", "}}")

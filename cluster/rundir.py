@@ -14,12 +14,14 @@ Layout of a run directory (``RunDir``)::
     .claim            the Slurm job that trains here (``claim``): no other job may while it is queued or running
 
 A sweep directory holds ``manifest.json`` and ``submissions.pkl`` (``cluster.sweep.manifest``), its
-``logs/``, one run directory per member, and ``events.jsonl`` once a member has found a bad node.
+``logs/``, one run directory per member, and ``events.jsonl`` once a member has found a bad node. A member's
+directory is made by its job when it starts; until then the manifest is its claim (``claimed_by``).
 """
 
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -137,21 +139,39 @@ def read_events(run_dir: Path) -> list[dict[str, Any]]:
     return read_jsonl(RunDir(run_dir).events)
 
 
-def check_writable(run_dir: Path, *, setting: str = "run_dir") -> None:
+def check_writable(run_dir: Path, *, setting: str = "run_dir", make: bool = True) -> None:
     """Fail early, with the path, when the run directory (or the sweep directory: ``setting``) cannot take
-    files."""
+    files. ``make``: create it now; else (a sweep's member, made by its job when it starts) a directory that does
+    not exist yet is checked by its nearest existing parent, once for all the members it holds."""
     try:
+        if not make and not run_dir.exists():
+            _probe(_nearest_existing(run_dir))
+            return
         try:
             run_dir.mkdir(parents=True)  # a directory this process just made is its own: nothing to probe
         except FileExistsError:  # (one file less per member of a big sweep)
-            probe = run_dir / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
+            _probe.__wrapped__(run_dir)
     except OSError as error:
         noun = "sweep directory" if setting == "sweep_dir" else "run directory"
         raise SettingError(f"cannot write to the {noun} {literal(str(run_dir))} "
                            f"({literal(str(error.strerror or error))}); choose a writable one with {{k.{setting}}}=PATH"
                            ) from error
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+@functools.lru_cache(maxsize=16)  # 10,000 members in one sweep directory: one probe
+def _probe(directory: Path) -> None:
+    if not directory.is_dir():
+        raise NotADirectoryError(20, f"{directory} is not a directory")
+    probe = directory / f".write-test.{os.getpid()}"
+    probe.write_text("ok")
+    probe.unlink()
 
 
 @contextlib.contextmanager
@@ -201,18 +221,43 @@ def claim(run_dir: Path, job_id: str) -> None:
     write_atomically(RunDir(run_dir).claim, job_id + "\n")
 
 
-def claimed_by(run_dir: Path) -> str:
-    """The Slurm job that claimed ``run_dir`` ("" when none did)."""
+SWEEP_MANIFEST = "manifest.json"  # in a sweep directory (cluster.sweep.manifest)
+
+
+def claimed_by(run_dir: Path, sweeps: dict[str, dict[str, str]] | None = None) -> str:
+    """The Slurm job that claimed ``run_dir`` ("" when none did): the job that wrote its ``.claim`` as it started,
+    else, for a sweep member not started yet, the job its sweep's manifest gives it. ``sweeps``: manifests
+    already read (a check of many members reads their manifest once)."""
     try:
         return RunDir(run_dir).claim.read_text().strip()
     except (FileNotFoundError, NotADirectoryError):
-        return ""
+        pass
+    path = os.path.abspath(run_dir)  # as the manifest has it; resolve() cost 35 us a member
+    sweep_dir = os.path.dirname(path)
+    if sweeps is None:
+        sweeps = {}
+    if sweep_dir not in sweeps:
+        sweeps[sweep_dir] = _sweep_claims(Path(sweep_dir) / SWEEP_MANIFEST)
+    return sweeps[sweep_dir].get(path, "")
+
+
+def _sweep_claims(manifest: Path) -> dict[str, str]:
+    """{member's run directory: its Slurm job} of a sweep on Slurm ({} for none, or a local sweep)."""
+    try:
+        data = json.loads(manifest.read_text())
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return {}
+    if data.get("kind") != "slurm":
+        return {}
+    return {m["run_dir"]: f"{m['job_id']}_{m['task_id']}" if m["task_id"] >= 0 else m["job_id"]
+            for m in data.get("members", []) if m.get("job_id")}
 
 
 def check_unclaimed(run_dirs: list[Path], *, allowed: str = "") -> None:
     """Refuse when a Slurm job other than ``allowed`` that claimed one of ``run_dirs`` is still queued or running:
     two jobs training into one directory corrupt its checkpoints. Slurm is asked only when a claim exists."""
-    claims = {run_dir: job for run_dir in run_dirs if (job := claimed_by(run_dir)) and job != allowed}
+    sweeps: dict[str, dict[str, str]] = {}
+    claims = {run_dir: job for run_dir in run_dirs if (job := claimed_by(run_dir, sweeps)) and job != allowed}
     if not claims:
         return
     states, _ = commands.job_states(sorted(set(claims.values())))

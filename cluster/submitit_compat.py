@@ -5,6 +5,7 @@ rely on of its job layout.
 when a new version changes one; the rest of the library uses submitit's public API only.
 """
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -43,8 +44,10 @@ def run_pickled_job(folder: str) -> None:
 
 def keep_result_folder() -> None:
     """Make sure the folder submitit writes this task's result to exists: a task whose folder was deleted while
-    it trained would otherwise fail after finishing (and its job would end FAILED). Inside a submitit job only."""
-    Path(submitit.JobEnvironment().paths.folder).mkdir(parents=True, exist_ok=True)
+    it trained would otherwise fail after finishing (and its job would end FAILED). Nothing to do in a task
+    submitit's runner did not start (a sweep's array task: ``cluster.sweep.array_task``)."""
+    if "SUBMITIT_FOLDER" in os.environ:  # set by submitit's runner (submitit/core/submission.py)
+        Path(submitit.JobEnvironment().paths.folder).mkdir(parents=True, exist_ok=True)
 
 
 def failure_text(error: BaseException) -> str:

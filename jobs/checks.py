@@ -17,8 +17,10 @@ from jobs.targets import FROM_THE_DATA
 from jobs.user_errors import describe
 
 
-def check_before_start(plan: JobPlan, run_dir: Path, *, world_size: int | None = None) -> None:
-    """Check the plan against its world, data and run directory (world size: the plan's, by default)."""
+def check_before_start(plan: JobPlan, run_dir: Path, *, world_size: int | None = None,
+                       make_run_dir: bool = True) -> None:
+    """Check the plan against its world, data and run directory (world size: the plan's, by default; the run
+    directory is made here unless ``make_run_dir`` is false: a sweep member's is made by its job)."""
     world_size = world_size or plan.world_size or 1
     dims = plan.check_world(world_size)
     if plan.slurm is not None and plan.slurm.elastic:
@@ -36,7 +38,7 @@ def check_before_start(plan: JobPlan, run_dir: Path, *, world_size: int | None =
     if plan.slurm is not None:
         check_setup(plan.slurm)
         check_slurm_devices(plan)
-    check_writable(run_dir)
+    check_writable(run_dir, make=make_run_dir)
     if RunDir(run_dir).checkpoints.is_dir():
         check_checkpoint(plan, RunDir(run_dir).checkpoints, world_size)
 

@@ -236,11 +236,15 @@ class SweepSettings:
     max_array_size: int = 0  # tasks per array at most (the cluster's MaxArraySize always holds); 0: that limit
     local_parallelism: int = 1  # cluster=local members running at once; they share this machine's CPUs
     wait: bool = False  # stay until every member has ended (default: return once submitted)
+    # For many short members: one wait in the queue and one start (imports, process group) for N of them. Each keeps
+    # its own run directory, requeues and exact resume; the allocation asks for pack x cluster.timeout_min.
+    pack: int = 1  # members with the same resources run this many to an allocation, one after another (Slurm)
 
     def __post_init__(self) -> None:
-        if self.array_parallelism < 1 or self.local_parallelism < 1 or self.max_array_size < 0:
-            raise ValueError("hydra.launcher.array_parallelism and hydra.launcher.local_parallelism must be >= 1, "
-                             "hydra.launcher.max_array_size >= 0 (0: the cluster's MaxArraySize)")
+        if self.array_parallelism < 1 or self.local_parallelism < 1 or self.max_array_size < 0 or self.pack < 1:
+            raise ValueError("hydra.launcher.array_parallelism, hydra.launcher.local_parallelism and "
+                             "hydra.launcher.pack must be >= 1, hydra.launcher.max_array_size >= 0 (0: the "
+                             "cluster's MaxArraySize)")
 
 
 def schema(cls: type) -> DictConfig:

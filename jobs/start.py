@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cluster import rundir
+from cluster import history, rundir
 from cluster.by_name import ByName
 from cluster.environment import SINGLE_PROCESS, detect_environment
 from cluster.local.interrupt import Interrupted, interrupted_message
@@ -21,7 +21,7 @@ from cluster.slurm.resources import SlurmResources
 from cluster.slurm.sbatch import follow, render_sbatch, submit
 from jobs.checks import check_before_start
 from jobs.metrics import MetricsFollower, ProgressLine
-from jobs.plan import JobPlan
+from jobs.plan import JobPlan, plan_from_tree
 from jobs.user_errors import phrase
 
 Summary = dict[str, Any] | None
@@ -54,6 +54,11 @@ def run_local(plan: JobPlan, run_dir: Path) -> Summary:
     except Interrupted as stop:
         print(interrupted_message(run_dir, stop, since=before), file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def run_local_member(tree: dict[str, Any], run_dir: Path) -> Summary:
+    """A ``cluster=local`` sweep member, in its local queue's process: its plan, rebuilt from its composed config."""
+    return run_local(plan_from_tree(tree), run_dir)
 
 
 def run_debug(plan: JobPlan, run_dir: Path) -> Summary:
@@ -114,6 +119,7 @@ def run_slurm(plan: JobPlan, run_dir: Path) -> Summary:
         rundir.check_unclaimed([run_dir])
         job = submit(RUN_TASK, plan, run_dir, resources=resources, folder=log_dir.resolve())
         rundir.claim(run_dir, job.job_id)
+    history.record(run_dir, "run", job=job.job_id)
     print(f"submitted job {job.job_id} to partition {partition.name}: "
           f"{f'{resources.min_nodes}-' if resources.elastic else ''}{resources.nodes} node(s) x "
           f"{resources.tasks_per_node} task(s)\n"

@@ -8,44 +8,52 @@ a time (``cluster.sweep.local_queue``). The manifest (``cluster.sweep.manifest``
 """
 
 import dataclasses
+import math
 import sys
 from pathlib import Path
+from typing import Any
 
+from cluster import history
 from cluster.by_name import ByName
-from cluster.errors import ClusterError, RunDirectoryBusyError, SlurmUnavailableError
-from cluster.rundir import RunDir, remove_if_unused
+from cluster.errors import ClusterError, RunDirectoryBusyError, SlurmUnavailableError, SubmissionRefusedError
+from cluster.rundir import RunDir, check_unclaimed, remove_if_unused
 from cluster.slurm.limits import check_against_cluster
 from cluster.slurm.resources import SlurmResources
-from cluster.slurm.sbatch import SubmissionRefusedError, render_sbatch
-from cluster.sweep.arrays import array_limit, plan_arrays, submit_members
+from cluster.slurm.sbatch import render_sbatch
+from cluster.sweep.arrays import allocation, array_limit, plan_arrays, runner_args, spans, submit_members
 from cluster.sweep.local_queue import start_queue
 from cluster.sweep.manifest import MANIFEST, SUBMISSIONS, Manifest, Member, now
 from jobs.checks import check_before_start
 from jobs.plan import JobPlan
 from jobs.settings import SweepSettings
-from jobs.start import RUN_TASK
 from jobs.user_errors import HYDRA_FILES, describe
 
-RUN_LOCAL = ByName("jobs.start", "run_local")  # in the local queue's member process
+# What a member runs, from its composed config (its plan is rebuilt there): a config tree shares its unchanged
+# parts with the other members', so 10,000 of them pickle into one small file (a plan each would not).
+RUN_MEMBER = {"slurm": ByName("jobs.task", "run_member"),  # on every rank of its array task
+              "local": ByName("jobs.start", "run_local_member")}  # in the local queue's member process
 
 
 @dataclasses.dataclass
 class PlannedMember:
     member: Member
     plan: JobPlan
+    tree: dict[str, Any]  # the composed config the plan was made from (jobs.plan.plan_from_tree)
 
 
-def check_members(members: list[PlannedMember], *, live: bool = True) -> None:
+def check_members(members: list[PlannedMember], *, live: bool = True, pack: int = 1) -> None:
     """Every member's checks, all of them; one ValueError naming each member that fails, and why. ``live``: also
-    against the live Slurm cluster (a dry run does not ask it, as a single run's dry run does not)."""
+    against the live Slurm cluster (a dry run does not ask it, as a single run's dry run does not), with the
+    allocation a pack of ``pack`` members asks for."""
     problems = []
     resources_seen: dict[SlurmResources, str] = {}
     for planned in members:
         try:
-            check_before_start(planned.plan, Path(planned.member.run_dir))
+            # A Slurm member's directory is made by its job: 10,000 members, no directory until they start.
+            check_before_start(planned.plan, Path(planned.member.run_dir), make_run_dir=planned.plan.slurm is None)
             resources = planned.plan.slurm
             if live and resources is not None and resources not in resources_seen:
-                resources_seen[resources] = check_against_cluster(resources).name
+                resources_seen[resources] = check_against_cluster(allocation(resources, pack=pack)).name
         except (ValueError, FileNotFoundError, PermissionError, ClusterError) as error:
             problems.append(f"member {planned.member.index} ({' '.join(planned.member.overrides) or 'no overrides'})"
                             f": {describe(error)}")
@@ -58,15 +66,20 @@ def launch_sweep(members: list[PlannedMember], sweep_dir: Path, options: SweepSe
     """Check all members, submit them (Slurm job arrays, or the local queue), write the manifest and say
     how to watch the sweep. A dry run (``cluster.dry_run=true``) says what it would submit, and submits nothing."""
     kind = sweep_kind(members)
+    if options.pack > 1 and kind != "slurm":
+        raise ValueError(f"hydra.launcher.pack={options.pack} packs members into Slurm allocations; cluster=local "
+                         "runs hydra.launcher.local_parallelism members at a time: drop hydra.launcher.pack")
     dry_run = any(p.plan.cluster.dry_run for p in members)
-    check_members(members, live=not dry_run)
+    check_members(members, live=not dry_run, pack=options.pack)
     if dry_run:
         print(describe_dry_run(members, kind, options, sweep_dir), flush=True)
         return None
-    manifest = open_manifest(sweep_dir, kind, [p.member for p in members])
-    task = RUN_TASK if kind == "slurm" else RUN_LOCAL
-    submissions = [(p.member, {"fn": task, "args": (p.plan, Path(p.member.run_dir)), "resources": p.plan.slurm})
-                   for p in members]
+    if kind == "slurm":  # before the manifest is rewritten: until a member's job starts, it is its claim
+        check_unclaimed([Path(p.member.run_dir) for p in members])
+    manifest = open_manifest(sweep_dir, kind, [p.member for p in members], pack=options.pack)
+    same: dict[SlurmResources | None, SlurmResources | None] = {}  # one object for equal resources: pickled once
+    submissions = [(p.member, {"fn": RUN_MEMBER[kind], "args": (p.tree, Path(p.member.run_dir)),
+                               "resources": same.setdefault(p.plan.slurm, p.plan.slurm)}) for p in members]
     if kind == "slurm":
         try:
             arrays = submit_members(manifest, submissions, parallelism=options.array_parallelism,
@@ -75,11 +88,13 @@ def launch_sweep(members: list[PlannedMember], sweep_dir: Path, options: SweepSe
             if not any(p.member.job_id for p in members):  # nothing of this batch went out: leave nothing of it
                 forget(manifest, [p.member for p in members])
             raise
-        where = f"as {len(arrays)} job array(s): {', '.join(arrays)}"
+        packed = f", {options.pack} members to an allocation" if options.pack > 1 else ""
+        where = f"as {len(arrays)} job array(s){packed}: {', '.join(arrays)}"
     else:
         manifest.save_submissions(submissions)
         queue = start_queue(manifest, [p.member for p in members], parallelism=options.local_parallelism)
         where = f"to a local queue (pid {queue}, {options.local_parallelism} at a time)"
+    history.record(Path(manifest.sweep_dir), kind, members=len(manifest.members))
     print(f"submitted {len(members)} member(s) {where}\n"
           f"sweep dir: {manifest.sweep_dir}\n"
           f"watch:     python -m cluster status {manifest.sweep_dir}\n"
@@ -100,31 +115,25 @@ def describe_dry_run(members: list[PlannedMember], kind: str, options: SweepSett
     except SlurmUnavailableError:
         limit, source = options.max_array_size or 1001, "Slurm's default MaxArraySize (the cluster did not answer)"
     submissions = [(p.member, {"resources": p.plan.slurm}) for p in members]
-    arrays = plan_arrays(submissions, limit)
+    pack = options.pack
+    arrays = plan_arrays(submissions, limit, pack=pack)
+    packed = f" of {pack} members each, one after another" if pack > 1 else ""
     lines = [f"dry run: {len(members)} member(s) would go to Slurm as {len(arrays)} job array(s) (at most {limit} "
-             f"tasks each: {source}); nothing was submitted"]
+             f"tasks{packed} each: {source}); nothing was submitted"]
     for number, (resources, part) in enumerate(arrays, start=1):
         indices = spans([member.index for member, _ in part])
-        lines.append(f"  array {number}: members {indices} ({len(part)} tasks, at most "
-                     f"{options.array_parallelism} at once): {resources.nodes} node(s) x {resources.tasks_per_node} "
-                     f"task(s), {resources.timeout_min} min, partition {resources.partition or '(default)'}")
+        asked = allocation(resources, pack=pack, members=len(part))
+        lines.append(f"  array {number}: members {indices} ({math.ceil(len(part) / pack)} tasks, at most "
+                     f"{options.array_parallelism} at once): {asked.nodes} node(s) x {asked.tasks_per_node} "
+                     f"task(s), {asked.timeout_min} min, partition {asked.partition or '(default)'}")
     resources, part = arrays[0]
     first = part[0][0]
-    lines += [f"# the batch script of array 1 (its task 0 is member {first.index}: {' '.join(first.overrides)})",
-              render_sbatch(resources, folder=RunDir(sweep_dir.resolve()).logs, array_size=len(part),
-                            array_parallelism=options.array_parallelism)]
+    folder = sweep_dir.resolve()
+    lines += [f"# the batch script of array 1 (its task 0 runs member {first.index}: {' '.join(first.overrides)})",
+              render_sbatch(allocation(resources, pack=pack, members=len(part)), folder=RunDir(folder).logs,
+                            array_size=math.ceil(len(part) / pack), array_parallelism=options.array_parallelism,
+                            runner_args=runner_args(str(folder), [member.index for member, _ in part], pack))]
     return "\n".join(lines)
-
-
-def spans(numbers: list[int]) -> str:
-    """``[0, 1, 2, 5, 7, 8]`` -> ``0-2,5,7-8``."""
-    runs: list[list[int]] = []
-    for number in numbers:
-        if runs and number == runs[-1][-1] + 1:
-            runs[-1].append(number)
-        else:
-            runs.append([number])
-    return ",".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
 
 
 def forget(manifest: Manifest, members: list[Member]) -> None:
@@ -162,12 +171,13 @@ def sweep_kind(members: list[PlannedMember]) -> str:
     return kinds[0]
 
 
-def open_manifest(sweep_dir: Path, kind: str, members: list[Member]) -> Manifest:
+def open_manifest(sweep_dir: Path, kind: str, members: list[Member], *, pack: int = 1) -> Manifest:
     """The sweep's manifest with these members in it (an earlier batch of the same sweep stays on record)."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(sweep_dir=str(sweep_dir.resolve()), kind=kind, created_at=now(), members=[])
+    manifest = Manifest(sweep_dir=str(sweep_dir.resolve()), kind=kind, created_at=now(), members=[], pack=pack)
     if manifest.path.is_file():  # hydra.sweeper.max_batch_size sends a sweep in batches
         manifest = Manifest.read(sweep_dir.resolve())
+        manifest.pack = pack
     replaced = {m.index for m in members}
     manifest.members = sorted([m for m in manifest.members if m.index not in replaced] + members,
                               key=lambda m: m.index)

@@ -7,7 +7,7 @@ from cluster.environment import TaskEnvironment
 from cluster.runtime.job import start
 from cluster.submitit_compat import keep_result_folder
 from jobs.loop import train
-from jobs.plan import JobPlan
+from jobs.plan import JobPlan, plan_from_tree
 from jobs.user_errors import config_key
 
 
@@ -26,5 +26,10 @@ def run_task(plan: JobPlan, run_dir: Path, env: TaskEnvironment | None = None) -
                spell=config_key) as job:
         summary = train(plan, job)
         if job.env.started_by in ("slurm", "local"):
-            keep_result_folder()  # where submitit writes what this task returns
+            keep_result_folder()  # where submitit writes what this task returns (when submitit started it)
         return summary
+
+
+def run_member(tree: dict[str, Any], run_dir: Path) -> dict[str, Any] | None:
+    """A sweep member's task on Slurm (``cluster.sweep.array_task``): its plan, rebuilt from its composed config."""
+    return run_task(plan_from_tree(tree), run_dir)

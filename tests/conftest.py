@@ -20,6 +20,13 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 @pytest.fixture(autouse=True)
+def history_of_its_own(tmp_path_factory, monkeypatch):
+    """Submissions made by a test (and the processes it starts) are listed in a history file of the test's own
+    (``cluster.history``), not in the user's ~/.local/state."""
+    monkeypatch.setenv("CLUSTERJOBS_HISTORY", str(tmp_path_factory.mktemp("history") / "history.jsonl"))
+
+
+@pytest.fixture(autouse=True)
 def cpu_tests_see_no_gpu(request, monkeypatch):
     """Every test but a ``gpu`` one runs on the CPU (gloo), with or without a GPU in the machine: backend
     ``auto`` would otherwise pick NCCL there, and exact comparisons would meet GPU non-determinism. The

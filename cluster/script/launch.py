@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from cluster import rundir
+from cluster import history, rundir
 from cluster.by_name import ByName
 from cluster.environment import TaskEnvironment, variables_for
 from cluster.errors import ClusterError, SettingError, literal
@@ -178,6 +178,7 @@ def run(argv: Sequence[str]) -> int:
     except ClusterError:  # sbatch refused it, or another job trains there: leave no empty directory behind
         rundir.remove_if_unused(run_dir)
         raise
+    history.record(run_dir, "run", job=job.job_id)
     print(f"submitted job {job.job_id} to partition {partition.name}: {resources.nodes} node(s) x "
           f"{resources.tasks_per_node} task(s), each running {shlex.join(command)}\n"
           f"run dir: {run_dir.resolve()}\n"

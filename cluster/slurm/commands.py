@@ -1,5 +1,5 @@
-"""Every Slurm command the library runs (``scontrol``, ``sacct``, ``squeue``, ``scancel``), and the parsing
-of what they print. ``sbatch`` itself is run by submitit (``cluster.slurm.sbatch``).
+"""Every Slurm command the library runs (``sbatch``, ``scontrol``, ``sacct``, ``squeue``, ``scancel``), and the
+parsing of what they print. A single run's ``sbatch`` is run by submitit (``cluster.slurm.sbatch``).
 
 Two kinds of callers: a login node checking a job before it is submitted wants a clear error when
 Slurm does not answer (``scontrol``); a rank asking about its own job must never fail because of it
@@ -12,10 +12,12 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 
-from cluster.errors import SlurmUnavailableError, literal
+from cluster.errors import SlurmUnavailableError, SubmissionRefusedError, literal
 from cluster.slurm.hostlist import expand_hostlist
 
 TIMEOUT_S = 15  # a healthy controller answers in well under a second
+# sbatch retries by itself while the controller is busy ("Resource temporarily unavailable"): give it time.
+SBATCH_TIMEOUT_S = 120
 RANK_TIMEOUT_S = 20  # a rank asking about its own job waits a little longer: it has nothing else to do
 _ARRAY_RANGE = re.compile(r"^(\d+)_\[([^\]]+)\]$")  # sacct's pending tasks of an array: 123_[4-11%4]
 # Slurm's job states: still queued or running, and ended otherwise than COMPLETED.
@@ -38,6 +40,25 @@ def scontrol(*args: str) -> str:
         reason = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no message"]
         raise SlurmUnavailableError(f"the Slurm controller is unreachable ({literal(reason[0])}); {_HINT}")
     return done.stdout
+
+
+def sbatch(script: str) -> str:
+    """Submit a batch script given as text (sbatch reads it from its standard input: no file is written); the job
+    id. SubmissionRefusedError with sbatch's reason when it refuses, SlurmUnavailableError when it cannot ask."""
+    if shutil.which("sbatch") is None:
+        raise SlurmUnavailableError("Slurm is not installed here (no sbatch on PATH); submit from a login node "
+                                    "of your cluster, or start the local one: slurm/local-cluster up")
+    try:
+        done = subprocess.run(["sbatch", "--parsable"], input=script, capture_output=True, text=True,
+                              timeout=SBATCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise SlurmUnavailableError(f"sbatch got no answer from the controller in {SBATCH_TIMEOUT_S} s; see whether "
+                                    f"the job went out (squeue --me) before submitting again; {_HINT}") from None
+    if done.returncode != 0:
+        lines = [line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+        reason = next((line for line in lines if "error" in line.lower()), lines[-1] if lines else "no reason given")
+        raise SubmissionRefusedError(f"sbatch refused the job, nothing was submitted: {literal(reason)}")
+    return done.stdout.strip().split(";")[0]  # --parsable: "JOBID" or "JOBID;CLUSTER"
 
 
 def scontrol_quietly(*args: str) -> tuple[int, str, str]:

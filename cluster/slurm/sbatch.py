@@ -1,8 +1,11 @@
-"""Slurm jobs through submitit: the sbatch text a job renders to, and submission.
+"""Slurm jobs: the sbatch text a job renders to, and submission.
 
 The sbatch text comes from submitit's own pure ``_make_sbatch_string`` (``cluster.submitit_compat``),
 fed the very parameters the executor submits with, so a dry run shows exactly the script that
-``sbatch`` would get.
+``sbatch`` would get. A single run is submitted by submitit (one pickle, its result read back when the
+launcher waits); a sweep's job array is submitted here, its script given to ``sbatch`` as text: each
+task reads its members from the sweep's one ``submissions.pkl`` (``cluster.sweep.array_task``), where
+submitit's ``map_array`` writes and renames a pickle per task (10,000 files for 10,000 members).
 """
 
 import contextlib
@@ -10,22 +13,19 @@ import io
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import submitit
 from submitit.core.utils import FailedJobError
 
-from cluster.errors import ClusterError, SettingError, literal
+from cluster.errors import SettingError, SubmissionRefusedError, literal
 from cluster.local.ranks import wait_for
 from cluster.requeue import EXIT_INTERRUPTED
+from cluster.slurm import commands
 from cluster.slurm.resources import SlurmResources
 from cluster.submitit_compat import executor_with_command, make_sbatch_string
-
-
-class SubmissionRefusedError(ClusterError, RuntimeError):
-    """sbatch refused the job; nothing was submitted."""
 
 
 def sbatch_parameters(resources: SlurmResources) -> dict[str, Any]:
@@ -56,19 +56,22 @@ def sbatch_parameters(resources: SlurmResources) -> dict[str, Any]:
     return parameters
 
 
-def task_command(folder: Path, python: str = sys.executable) -> str:
-    """The line each task runs: submitit's runner behind our early signal handlers (``cluster.slurm.task_runner``)."""
-    return f"{shlex.quote(python)} -u -m cluster.slurm.task_runner {shlex.quote(str(folder))}"
+def task_command(runner_args: Sequence[str], python: str = sys.executable) -> str:
+    """The line each task runs: ``cluster.slurm.task_runner`` (our early signal handlers, then submitit's runner
+    for ``FOLDER``, or a sweep's members for ``--sweep ...``)."""
+    return shlex.join([python, "-u", "-m", "cluster.slurm.task_runner", *runner_args])
 
 
 def render_sbatch(resources: SlurmResources, *, folder: Path, python: str = sys.executable,
-                  array_size: int | None = None, array_parallelism: int = 256) -> str:
+                  array_size: int | None = None, array_parallelism: int = 256,
+                  runner_args: Sequence[str] = ()) -> str:
     """The batch script for ``resources`` with logs in ``folder``: pure, and what ``submit`` sends.
 
-    ``array_size`` renders a job array of that many tasks, at most ``array_parallelism`` at once.
+    ``array_size`` renders a job array of that many tasks, at most ``array_parallelism`` at once; ``runner_args``
+    are the task runner's arguments (default: submitit's folder).
     """
     array = {"map_count": array_size, "array_parallelism": array_parallelism} if array_size else {}
-    return make_sbatch_string(command=task_command(folder, python), folder=folder,
+    return make_sbatch_string(command=task_command(runner_args or [str(folder)], python), folder=folder,
                               **sbatch_parameters(resources), **array)
 
 
@@ -85,7 +88,7 @@ def check_setup(resources: SlurmResources) -> None:
 
 
 def _executor(folder: Path) -> submitit.SlurmExecutor:
-    return executor_with_command(task_command(folder, sys.executable), folder)
+    return executor_with_command(task_command([str(folder)], sys.executable), folder)
 
 
 @contextlib.contextmanager
@@ -109,14 +112,13 @@ def submit(fn: Callable[..., Any], *args: Any, resources: SlurmResources, folder
         return executor.submit(fn, *args)
 
 
-def submit_array(fn: Callable[..., Any], arg_lists: list[tuple[Any, ...]], *, resources: SlurmResources,
-                 folder: Path, parallelism: int) -> list["submitit.Job[Any]"]:
-    """Submit ``fn(*args)`` for every ``args`` as one job array (one ``sbatch``), at most ``parallelism``
-    tasks running at once; every array task is a job of ``resources`` (several nodes if asked)."""
-    executor = _executor(folder)
-    executor.update_parameters(**sbatch_parameters(resources), array_parallelism=parallelism)
-    with _sbatch_answers():
-        return executor.map_array(fn, *zip(*arg_lists))
+def submit_array(resources: SlurmResources, *, size: int, folder: Path, parallelism: int,
+                 runner_args: Sequence[str]) -> str:
+    """Submit a job array of ``size`` tasks (one ``sbatch``, no file written), at most ``parallelism`` running at
+    once, each a job of ``resources`` (several nodes if asked) running the task runner with ``runner_args``; the
+    array's job id."""
+    return commands.sbatch(render_sbatch(resources, folder=folder, array_size=size, array_parallelism=parallelism,
+                                         runner_args=runner_args))
 
 
 def follow(job: "submitit.Job[Any]", run_dir: Path, *, on_poll: Callable[[], None] = lambda: None) -> Any:

@@ -1,44 +1,59 @@
-"""Members of a sweep to Slurm: grouped by resources, one job array per group, split below MaxArraySize.
+"""Members of a sweep to Slurm: grouped by resources, one job array per group, split below MaxArraySize, and
+packed N members to an array task when asked.
 
-Used when a sweep is launched and when ``python -m cluster retry`` sends members again; each member's
-submission (function, arguments, resources) is saved beside the manifest, which is rewritten after
-every array, so a failure half-way leaves what was submitted on record.
+Used when a sweep is launched and when ``python -m cluster retry`` sends members again. Every member's
+submission (function, arguments, resources) goes into the sweep's one ``submissions.pkl`` before the first
+``sbatch``; an array's script names its members (``--members 0-999``) and each task reads its own from that
+file (``cluster.sweep.array_task``). A refusal half-way leaves what was submitted on record in the manifest.
 """
 
+import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
-from cluster.rundir import check_unclaimed, claim
 from cluster.slurm.commands import max_array_size
 from cluster.slurm.resources import SlurmResources
 from cluster.slurm.sbatch import submit_array
 from cluster.sweep.manifest import Manifest, Member, array_chunks
 
+Submission = tuple[Member, dict[str, Any]]
 
-def submit_members(manifest: Manifest, submissions: list[tuple[Member, dict[str, Any]]], *, parallelism: int,
+
+def submit_members(manifest: Manifest, submissions: list[Submission], *, parallelism: int,
                    max_size: int = 0) -> list[str]:
-    """Submit every ``(member, {"fn", "args", "resources"})``; the array job ids, in order of submission.
+    """Submit every ``(member, {"fn", "args", "resources"})``, ``manifest.pack`` to an array task; the array job
+    ids, in order of submission. The manifest is written once they are all out, or when one is refused (with those
+    that went out before it).
 
-    Refused, with nothing submitted, when a job that claimed a member's run directory is still queued or
-    running (``cluster.rundir.check_unclaimed``); each member's directory is claimed by its array task.
+    The caller has checked that no live job claimed the members' run directories (``check_unclaimed``).
     """
-    check_unclaimed([Path(member.run_dir) for member, _ in submissions])
     manifest.log_dir.mkdir(parents=True, exist_ok=True)  # a retry after the logs were deleted
-    arrays = []
-    for resources, part in plan_arrays(submissions, array_limit(max_size)):
-        jobs = submit_array(part[0][1]["fn"], [submission["args"] for _, submission in part],
-                            resources=resources, folder=manifest.log_dir, parallelism=parallelism)
-        for (member, _), job in zip(part, jobs):
-            member.submitted(job.job_id)
-            claim(Path(member.run_dir), member.slurm_id)
-        manifest.save_submissions(part)
-        arrays.append(part[0][0].job_id)
-        manifest.write()
+    manifest.save_submissions(submissions)
+    pack, arrays = manifest.pack, []
+    try:
+        for resources, part in plan_arrays(submissions, array_limit(max_size), pack=pack):
+            job_id = submit_array(allocation(resources, pack=pack, members=len(part)),
+                                  size=math.ceil(len(part) / pack), folder=manifest.log_dir, parallelism=parallelism,
+                                  runner_args=runner_args(manifest.sweep_dir, [m.index for m, _ in part], pack))
+            for position, (member, _) in enumerate(part):
+                member.submitted(f"{job_id}_{position // pack}")
+            arrays.append(job_id)
+    finally:
+        if arrays:
+            manifest.write()
     return arrays
 
 
-Submission = tuple[Member, dict[str, Any]]
+def runner_args(sweep_dir: str, indices: list[int], pack: int) -> list[str]:
+    """What the array's tasks run (``cluster.slurm.task_runner``): the sweep, its members in task order, the pack."""
+    return ["--sweep", sweep_dir, "--members", spans(indices), *(["--pack", str(pack)] if pack > 1 else [])]
+
+
+def allocation(resources: SlurmResources, *, pack: int, members: int = 0) -> SlurmResources:
+    """What one array task asks Slurm for: a member's resources, for as long as its pack's members take one after
+    another (``members``: how many the array holds, when fewer than a pack)."""
+    count = min(pack, members) if members else pack
+    return resources if count <= 1 else dataclasses.replace(resources, timeout_min=resources.timeout_min * count)
 
 
 def array_limit(max_size: int = 0) -> int:
@@ -46,10 +61,23 @@ def array_limit(max_size: int = 0) -> int:
     return int(min(max_size or math.inf, max_array_size()))
 
 
-def plan_arrays(submissions: list[Submission], limit: int) -> list[tuple[SlurmResources, list[Submission]]]:
-    """The job arrays ``submissions`` go into: one per resources, split below ``limit`` (MaxArraySize)."""
+def plan_arrays(submissions: list[Submission], limit: int, *, pack: int = 1) -> list[tuple[SlurmResources,
+                                                                                        list[Submission]]]:
+    """The job arrays ``submissions`` go into: one per resources, split so that no array has more than ``limit``
+    tasks (MaxArraySize) of ``pack`` members each."""
     groups: dict[SlurmResources, list[Submission]] = {}
     for member, submission in submissions:
         groups.setdefault(submission["resources"], []).append((member, submission))
     return [(resources, [group[i] for i in chunk]) for resources, group in groups.items()
-            for chunk in array_chunks(len(group), limit)]
+            for chunk in array_chunks(len(group), limit * pack)]
+
+
+def spans(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``0-2,5,7-8`` (read back by ``cluster.sweep.array_task.parse_spans``)."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    return ",".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)

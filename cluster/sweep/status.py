@@ -8,11 +8,13 @@ directory: a summary means COMPLETED, a final ``failed`` event FAILED, a ``cance
 
 import collections
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from cluster.bad_nodes import EVENT as bad_nodes_event
+from cluster.requeue import ENDED
 from cluster.rundir import RunDir, read_events, read_jsonl
 from cluster.slurm.commands import ACTIVE, ENDED_BADLY, job_states
 from cluster.sweep.local_queue import SOURCE as LOCAL_SOURCE
@@ -45,11 +47,13 @@ class MemberStatus:
                 "run_dir": self.member.run_dir}
 
 
-def from_run_dir(run_dir: Path) -> str:
-    """A member's state told by its run directory alone (for one that has left the queue)."""
+def from_run_dir(run_dir: Path, events: list[dict[str, Any]] | None = None) -> str:
+    """A member's state told by its run directory alone (for one that has left the queue; ``events``: its events,
+    when already read)."""
     if RunDir(run_dir).summary.is_file():
         return "COMPLETED"
-    ending = [e for e in read_events(run_dir) if e["event"] in ("failed", "stopped", "finished", "started")]
+    events = read_events(run_dir) if events is None else events
+    ending = [e for e in events if e["event"] in ("failed", "stopped", "finished", "started")]
     if ending and ending[-1]["event"] == "failed":
         return "FAILED"
     if ending and ending[-1]["event"] == "stopped" and ending[-1].get("cause") == "cancelled":
@@ -57,12 +61,35 @@ def from_run_dir(run_dir: Path) -> str:
     return "UNKNOWN"
 
 
-def member_status(member: Member, slurm: dict[str, tuple[str, str]]) -> MemberStatus:
+def in_pack(allocation: str, run_dir: Path, events: list[dict[str, Any]], submitted_at: str) -> str:
+    """A packed member's state: its allocation's (``allocation``, "" when Slurm does not know it) tells only
+    whether the pack runs; the member's own run directory tells how far the member got in it."""
+    own = from_run_dir(run_dir, events)
+    if own in ("COMPLETED", "FAILED") or not allocation:
+        return own
+    if allocation not in ACTIVE:  # the allocation ended (cancelled, timed out...) before this member did
+        return allocation if allocation in ENDED_BADLY else own
+    if allocation != "RUNNING":
+        return allocation  # PENDING, REQUEUED...: the whole pack waits
+    # Running: the pack's member in training is the one started since the submission whose run has not ended.
+    current = [e for e in events if e.get("time", "") >= submitted_at and (e["event"] == "started" or
+                                                                           e["event"] in ENDED)]
+    return "RUNNING" if current and current[-1]["event"] == "started" else "PENDING"
+
+
+def member_status(member: Member, slurm: dict[str, tuple[str, str]], *, packed: bool = False,
+                  started: bool = True) -> MemberStatus:
+    """``started``: false when the member's run directory does not exist (its job has not started): nothing to
+    read there (10,000 members of a fresh sweep, 20,000 files not opened)."""
     run_dir = Path(member.run_dir)
     state, elapsed = slurm.get(member.slurm_id, ("", ""))
-    if not state:
-        state = from_run_dir(run_dir)
+    if not started:
+        return MemberStatus(member, state or "UNKNOWN", len(member.attempts), 0, None, elapsed, "")
     events = read_events(run_dir)
+    if packed:
+        state = in_pack(state, run_dir, events, member.submitted_at)
+    elif not state:
+        state = from_run_dir(run_dir, events)
     restarts = max([e.get("restart", 0) for e in events if e["event"] == "started"], default=0) + len(member.attempts)
     step, loss, val_loss = _last_metrics(run_dir)
     # Only since its latest submission: an earlier attempt's error is not this one's (ISO times compare as text).
@@ -113,7 +140,16 @@ def sweep_status(manifest: Manifest) -> tuple[list[MemberStatus], str]:
         slurm, source = local_states(manifest), LOCAL_SOURCE
     else:
         slurm, source = job_states([m.job_id for m in manifest.members if m.job_id])
-    return [member_status(member, slurm) for member in manifest.members], source
+    listed: dict[str, set[str]] = {}  # a directory -> what it holds: one listing for the members it holds
+
+    def started(run_dir: str) -> bool:
+        parent, name = os.path.split(run_dir)
+        if parent not in listed:
+            listed[parent] = set(os.listdir(parent)) if os.path.isdir(parent) else set()
+        return name in listed[parent]
+
+    return [member_status(member, slurm, packed=manifest.pack > 1, started=started(member.run_dir))
+            for member in manifest.members], source
 
 
 def varying_overrides(members: list[Member]) -> dict[int, str]:

@@ -88,7 +88,7 @@ class ClusterjobsLauncher(Launcher):
                 problems.append(f"member {index} ({' '.join(overrides) or 'no overrides'}): {error}")
                 continue
             member = Member(index=index, overrides=overrides, run_dir=str(run_dir.resolve()), steps=plan.train.steps)
-            members.append(PlannedMember(member=member, plan=plan))
+            members.append(PlannedMember(member=member, plan=plan, tree=tree))
         if problems:
             raise ValueError(f"{len(problems)} of {len(job_overrides)} sweep member(s) are refused, nothing was "
                              "submitted:\n  " + "\n  ".join(problems))

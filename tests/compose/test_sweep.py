@@ -96,7 +96,7 @@ def test_collect_and_status_show_the_validation_loss_and_collect_picks_by_it(swe
     assert main(["status", sweep.sweep_dir, "--json"]) in (0, 1, 3)
     assert [m["val_loss"] for m in json.loads(capsys.readouterr().out)["members"]] == [0.7, 0.9, None]
     main(["status", sweep.sweep_dir])
-    table = capsys.readouterr().out.splitlines()
+    table = capsys.readouterr().out.splitlines()[1:]  # after the summary line
     assert table[0].split()[:6] == ["member", "state", "restarts", "step", "loss", "val_loss"]
     assert table[1].split()[5] == "0.7000" and table[3].split()[5] == "-"
 

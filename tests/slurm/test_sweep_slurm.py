@@ -59,7 +59,7 @@ def test_a_12_member_sweep_is_one_array_followed_retried_and_collected(tmp_path)
     assert after[11]["job_id"] != array and after[11]["attempts"][0]["job_id"] == array
     again = wait_done(tmp_path, timeout=180)
     assert again["members"][11]["state"] == "FAILED" and again["members"][11]["restarts"] >= 1
-    assert sacct_tasks(after[11]["job_id"]) == {after[11]["job_id"]}  # it went alone
+    assert sacct_tasks(after[11]["job_id"]) == {f"{after[11]['job_id']}_0"}  # it went alone: an array of one
 
 
 def local_cluster_up(**environ: str) -> None:
@@ -83,6 +83,12 @@ def test_300_members_are_split_below_the_clusters_max_array_size_each_once(tmp_p
         assert sizes == [128, 128, 44]
         assert len({(m["job_id"], m["task_id"]) for m in members}) == 300
         assert all(0 <= m["task_id"] < 128 for m in members)
+        # O(1) files per array: no pickle per task (submitit's map_array wrote one each), no member's directory
+        # made before its task starts (at most 2 per array run at once)
+        assert not list((tmp_path / "logs").glob("*.pkl"))
+        assert {p.name for p in tmp_path.iterdir() if p.is_file()} == {"manifest.json", "submissions.pkl",
+                                                                       "multirun.yaml"}
+        assert len([p for p in tmp_path.iterdir() if p.is_dir() and p.name != "logs"]) < 100
     finally:
         cancelled = cli("cancel", str(tmp_path))
         local_cluster_up()  # MaxArraySize back to the default

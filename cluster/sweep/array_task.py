@@ -1,0 +1,81 @@
+"""What a sweep's array task runs: its member, or its pack of members one after another, read from the sweep's
+``submissions.pkl``.
+
+The array's batch script runs ``python -m cluster.slurm.task_runner --sweep DIR --members SPANS [--pack N]`` on
+every rank. ``SPANS`` lists the array's members in task order (``0-999``; a retry's ``3,17,250-260``); task T
+runs members ``SPANS[T*N : (T+1)*N]`` (N = ``--pack``, 1 by default). Nothing per member is written at
+submission: the one pickle holds every member's function and arguments.
+
+A pack's members share the allocation, not their fate: each trains in its own run directory with its own
+checkpoints, requeue budgets and events. A stop (preemption, time limit, a retried failure) ends the task
+for the whole pack and Slurm brings the allocation back; the members it finished in earlier runs of this
+job are not run again, the interrupted one resumes from its checkpoint, the rest follow. A member that
+fails for good is recorded in its run directory and the pack goes on to the next (and does not run it again).
+"""
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from cluster.environment import derive_master_port
+from cluster.requeue import JobEnd
+from cluster.rundir import read_events
+from cluster.sweep.manifest import SUBMISSIONS, load_submissions
+
+
+def parse_spans(text: str) -> list[int]:
+    """``0-2,5,7-8`` -> ``[0, 1, 2, 5, 7, 8]`` (what ``cluster.sweep.arrays.spans`` writes)."""
+    numbers: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        numbers.extend(range(int(first), int(last or first) + 1))
+    return numbers
+
+
+def members_of_task(members: list[int], task: int, pack: int) -> list[int]:
+    """The members array task ``task`` runs, in order."""
+    return members[task * pack:(task + 1) * pack]
+
+
+def ended_here(run_dir: Path, job: str) -> str:
+    """How the member ended in an earlier run of this very job ("finished", "failed"), or "" when it did not."""
+    for event in read_events(run_dir):
+        if event.get("job") == job and (event.get("event") == "finished" or
+                                        (event.get("event") == "failed" and event.get("kind") == "final")):
+            return str(event["event"])
+    return ""
+
+
+def run(sweep_dir: Path, members: list[int], *, pack: int = 1) -> int:
+    """Run this array task's members (every rank calls it alike); the task's exit code."""
+    task = int(os.environ["SLURM_ARRAY_TASK_ID"])
+    job = os.environ.get("SLURM_JOB_ID", "")
+    mine = members_of_task(members, task, pack)
+    submissions = load_submissions(sweep_dir / SUBMISSIONS)
+    failed = []
+    for index in mine:
+        submission = submissions[index]
+        fn, args = submission["fn"], submission["args"]
+        if pack == 1:
+            fn(*args)  # as a job of its own: its failure is the task's
+            return 0
+        run_dir = Path(args[1])
+        if ended := ended_here(run_dir, job):
+            print(f"member {index}: {ended} in an earlier run of this allocation; not run again", flush=True)
+            continue
+        # Each member joins a process group of its own: a port of its own spares the next member the previous
+        # one's socket, which the kernel may still hold.
+        os.environ["MASTER_PORT"] = str(derive_master_port(f"{job}-{index}"))
+        print(f"member {index} of the pack {mine[0]}..{mine[-1]}: {run_dir}", flush=True)
+        try:
+            fn(*args)
+        except JobEnd:
+            raise  # the allocation stops here (a requeue or a stop): the members left wait for it to come back
+        except Exception:  # recorded in its run directory by the runtime; the pack goes on
+            traceback.print_exc()
+            print(f"member {index} failed; the pack goes on", file=sys.stderr, flush=True)
+            failed.append(index)
+    if failed:
+        print(f"member(s) {', '.join(map(str, failed))} of this pack failed", file=sys.stderr, flush=True)
+    return 1 if failed else 0
