@@ -11,6 +11,7 @@ import dataclasses
 import re
 import sys
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,8 @@ class ClusterjobsLauncher(Launcher):
         from jobs.sweep import PlannedMember
 
         assert self.config is not None and self.hydra_context is not None
-        composer = MemberComposer(self.config, self.hydra_context)
+        shared = set.intersection(*map(set, job_overrides)) if job_overrides else set()
+        composer = MemberComposer(self.config, self.hydra_context, shared=shared)
         members, problems = [], []
         for index, overrides in enumerate(map(list, job_overrides), start=initial_job_idx):
             try:
@@ -104,10 +106,11 @@ class MemberComposer:
     into a plain copy of its container, which is what Hydra's own composition would have given (a
     copy of the DictConfig per member, and its ``to_container``, cost ~2 ms, 2 s for 1000 members);
     anything else (``+key=v``, ``~key``, mappings, interpolations) is applied by Hydra's own code to a
-    copy of the composition.
+    copy of the composition (~2 ms a member), or, when every member has it (``shared``), composed once with
+    the groups (``+cluster.additional.begin=...`` on 10,000 members: 23 s to the prompt, then 2.7 s).
     """
 
-    def __init__(self, config: DictConfig, hydra_context: HydraContext) -> None:
+    def __init__(self, config: DictConfig, hydra_context: HydraContext, shared: AbstractSet[str] = frozenset()) -> None:
         self.config, self.loader = config, hydra_context.config_loader
         self.sweep_dir = Path(str(config.hydra.sweep.dir))  # one for all members, as in Hydra's own launchers
         self.parser = OverridesParser.create(config_loader=self.loader)
@@ -115,11 +118,13 @@ class MemberComposer:
         self.parsed: dict[str, Override] = {}
         self.plain_keys: dict[str, Override] = {}  # key -> the first plain ``key=value`` parsed
         self.groups: dict[str, bool] = {}  # key -> whether it names a config group
+        self.shared = shared  # overrides every member has
 
     def member(self, index: int, overrides: list[str]) -> tuple[dict[str, Any], Path]:
         """The member's task config (no ``hydra`` node) as a plain, resolved container, and its run directory."""
         parsed = [self._parse(line) for line in overrides]
-        by_value = [o for o in parsed if not o.is_hydra_override() and not self._is_group(o.key_or_group)]
+        by_value = [o for o in parsed if not o.is_hydra_override() and not self._is_group(o.key_or_group)
+                    and not (str(o.input_line) in self.shared and not _simple_change(o))]
         composition = self._composition(tuple(str(o.input_line) for o in parsed if o not in by_value))
         run_dir = self._run_dir(composition, index, parsed)
         if composition.plain is not None and all(composition.is_plain_change(o) for o in by_value):
@@ -189,10 +194,7 @@ class Composition:
     def is_plain_change(self, override: Override) -> bool:
         """``key=value`` replacing a set, plain value (no mapping, list, interpolation or ``???``) with another
         plain value: what Hydra does to it is to store the value, converted by its node (``converted``)."""
-        if override.is_delete() or override.is_add() or override.is_force_add():
-            return False
-        value = override.value()
-        if isinstance(value, (dict, list)) or (isinstance(value, str) and "${" in value):
+        if not _simple_change(override):
             return False
         key = override.key_or_group
         if key not in self._leaves:  # a look through omegaconf: once per key
@@ -205,6 +207,14 @@ class Composition:
         """The override's value as its node stores it (``optim.lr=1`` is 1.0 in a float field); a value the
         node's type refuses raises OmegaConf's ValidationError, as a composition would."""
         return self._leaves[override.key_or_group].validate_and_convert(override.value())
+
+
+def _simple_change(override: Override) -> bool:
+    """``key=value`` with a plain value: a candidate for setting by value (``Composition.is_plain_change``)."""
+    if override.is_delete() or override.is_add() or override.is_force_add():
+        return False
+    value = override.value()
+    return not (isinstance(value, (dict, list)) or (isinstance(value, str) and "${" in value))
 
 
 # Numbers as Hydra's grammar reads them (hydra/grammar/OverrideLexer.g4), without its ``_`` separators:

@@ -174,3 +174,18 @@ def test_a_member_the_schema_refuses_is_refused_as_hydra_refuses_it(composer_and
         hydras(overrides)
     with pytest.raises((HydraException, OmegaConfBaseException)):
         composer.member(3, overrides)
+
+
+def test_an_addition_every_member_has_is_composed_once_with_the_groups(composer_and_hydra):
+    """``+cluster.additional.begin=...`` on every member: composed with the groups once (Hydra's own code), the
+    members' values then set by value, where a copy of the composition per member cost 23 s for 10,000."""
+    from hydra_plugins.clusterjobs_launcher.clusterjobs_launcher import MemberComposer
+
+    plain, hydras = composer_and_hydra
+    shared = ["cluster=slurm", "+cluster.additional.begin=now+1hour", "+train.tag=sweep7"]
+    composer = MemberComposer(plain.config, SimpleNamespace(config_loader=plain.loader), shared=set(shared))
+    for seed, own in enumerate(["optim.lr=1", "+train.note=hers", "+train.note=his"]):  # by value; a copy each
+        overrides = [*shared, f"train.seed={seed}", own]
+        tree, _ = composer.member(seed, overrides)
+        assert tree == hydras(overrides)
+    assert list(composer.composed) == [tuple(shared)]  # one composition for the three members
