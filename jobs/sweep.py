@@ -15,12 +15,19 @@ from typing import Any
 
 from cluster import history
 from cluster.by_name import ByName
-from cluster.errors import ClusterError, RunDirectoryBusyError, SlurmUnavailableError, SubmissionRefusedError
+from cluster.errors import (
+    ClusterError,
+    RunDirectoryBusyError,
+    SettingError,
+    SlurmUnavailableError,
+    SubmissionRefusedError,
+)
 from cluster.rundir import RunDir, check_unclaimed, remove_if_unused
 from cluster.slurm.limits import check_against_cluster
 from cluster.slurm.resources import SlurmResources
 from cluster.slurm.sbatch import render_sbatch
-from cluster.sweep.arrays import allocation, array_limit, plan_arrays, runner_args, spans, submit_members
+from cluster.sweep.array_task import spans
+from cluster.sweep.arrays import allocation, array_limit, plan_arrays, runner_args, submit_members
 from cluster.sweep.local_queue import start_queue
 from cluster.sweep.manifest import MANIFEST, SUBMISSIONS, Manifest, Member, now
 from jobs.checks import check_before_start
@@ -45,21 +52,45 @@ def check_members(members: list[PlannedMember], *, live: bool = True, pack: int 
     """Every member's checks, all of them; one ValueError naming each member that fails, and why. ``live``: also
     against the live Slurm cluster (a dry run does not ask it, as a single run's dry run does not), with the
     allocation a pack of ``pack`` members asks for."""
-    problems = []
-    resources_seen: dict[SlurmResources, str] = {}
+    problems: dict[str, list[Member]] = {}  # why -> the members it stops: 10,000 alike say it once
+    checked: dict[SlurmResources, ClusterError | None] = {}  # resources -> the cluster's answer, asked once
     for planned in members:
         try:
             # A Slurm member's directory is made by its job: 10,000 members, no directory until they start.
             check_before_start(planned.plan, Path(planned.member.run_dir), make_run_dir=planned.plan.slurm is None)
             resources = planned.plan.slurm
-            if live and resources is not None and resources not in resources_seen:
-                resources_seen[resources] = check_against_cluster(allocation(resources, pack=pack)).name
+            if live and resources is not None:
+                if resources not in checked:
+                    checked[resources] = against_cluster(resources, pack)
+                if (refused := checked[resources]) is not None:
+                    raise refused
         except (ValueError, FileNotFoundError, PermissionError, ClusterError) as error:
-            problems.append(f"member {planned.member.index} ({' '.join(planned.member.overrides) or 'no overrides'})"
-                            f": {describe(error)}")
+            problems.setdefault(describe(error), []).append(planned.member)
     if problems:
-        raise ValueError(f"{len(problems)} of {len(members)} sweep member(s) would fail, nothing was submitted:\n  "
-                         + "\n  ".join(problems))
+        lines = []
+        for why, stopped in problems.items():
+            first = stopped[0]
+            named = f"member {first.index} ({' '.join(first.overrides) or 'no overrides'})"
+            if len(stopped) > 1:
+                named = f"members {spans([m.index for m in stopped])} ({len(stopped)}; the first: {named})"
+            lines.append(f"{named}: {why}")
+        count = sum(map(len, problems.values()))
+        raise ValueError(f"{count} of {len(members)} sweep member(s) would fail, nothing was submitted:\n  "
+                         + "\n  ".join(lines))
+
+
+def against_cluster(resources: SlurmResources, pack: int) -> ClusterError | None:
+    """What the live cluster says of the allocation a pack of members with ``resources`` asks for (None: fine)."""
+    try:
+        check_against_cluster(allocation(resources, pack=pack))
+    except SettingError as error:
+        if pack == 1:
+            return error
+        return SettingError(f"{error.template} (a pack of {pack} members asks for {pack} x {{k.timeout_min}}: lower "
+                            "hydra.launcher.pack or {k.timeout_min})")
+    except ClusterError as error:
+        return error
+    return None
 
 
 def launch_sweep(members: list[PlannedMember], sweep_dir: Path, options: SweepSettings) -> Manifest | None:

@@ -24,8 +24,19 @@ from cluster.rundir import read_events
 from cluster.sweep.manifest import SUBMISSIONS, load_submissions
 
 
+def spans(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``0-2,5,7-8``: an array's members in its script (read back by ``parse_spans``)."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    return ",".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
+
+
 def parse_spans(text: str) -> list[int]:
-    """``0-2,5,7-8`` -> ``[0, 1, 2, 5, 7, 8]`` (what ``cluster.sweep.arrays.spans`` writes)."""
+    """``0-2,5,7-8`` -> ``[0, 1, 2, 5, 7, 8]`` (what ``spans`` writes)."""
     numbers: list[int] = []
     for part in text.split(","):
         first, _, last = part.partition("-")

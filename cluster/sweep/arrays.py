@@ -14,6 +14,7 @@ from typing import Any
 from cluster.slurm.commands import max_array_size
 from cluster.slurm.resources import SlurmResources
 from cluster.slurm.sbatch import submit_array
+from cluster.sweep.array_task import spans
 from cluster.sweep.manifest import Manifest, Member, array_chunks
 
 Submission = tuple[Member, dict[str, Any]]
@@ -70,14 +71,3 @@ def plan_arrays(submissions: list[Submission], limit: int, *, pack: int = 1) -> 
         groups.setdefault(submission["resources"], []).append((member, submission))
     return [(resources, [group[i] for i in chunk]) for resources, group in groups.items()
             for chunk in array_chunks(len(group), limit * pack)]
-
-
-def spans(numbers: list[int]) -> str:
-    """``[0, 1, 2, 5, 7, 8]`` -> ``0-2,5,7-8`` (read back by ``cluster.sweep.array_task.parse_spans``)."""
-    runs: list[list[int]] = []
-    for number in numbers:
-        if runs and number == runs[-1][-1] + 1:
-            runs[-1].append(number)
-        else:
-            runs.append([number])
-    return ",".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)

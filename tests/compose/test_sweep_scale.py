@@ -17,7 +17,8 @@ from cluster.requeue import EXIT_REQUEUE, JobEnd
 from cluster.rundir import check_unclaimed, check_writable, claimed_by
 from cluster.slurm.resources import SlurmResources
 from cluster.sweep import array_task
-from cluster.sweep.arrays import allocation, plan_arrays, runner_args, spans
+from cluster.sweep.array_task import spans
+from cluster.sweep.arrays import allocation, plan_arrays, runner_args
 from cluster.sweep.manifest import Manifest, Member
 from cluster.sweep.status import in_pack
 from tests.helpers import REPO
@@ -187,3 +188,25 @@ def test_pack_is_for_slurm_sweeps_and_a_dry_run_shows_the_packed_array(tmp_path)
     assert "#SBATCH --array=0-2%" in dry.stdout and "#SBATCH --time=20" in dry.stdout
     assert "--members 0-9 --pack 4" in dry.stdout
     assert not tmp_path.exists() or not list(tmp_path.iterdir())  # a dry run leaves nothing
+
+
+def test_cancelling_a_packed_member_names_the_members_its_allocation_held(packed_sweep, monkeypatch, capsys):
+    for member in packed_sweep.members:
+        member.submitted(f"500_{member.task_id}")
+    packed_sweep.write()
+    cancelled: list[str] = []
+    monkeypatch.setattr("cluster.slurm.commands.cancel", cancelled.extend)
+    assert main(["cancel", packed_sweep.sweep_dir, "2"]) == 0
+    out = capsys.readouterr().out
+    assert cancelled == ["500_1"] and "held member(s) 3: cancelled with them" in out
+
+
+def test_a_reason_that_stops_many_members_is_said_once_with_the_members_it_stops(tmp_path):
+    refused = subprocess.run([sys.executable, "-m", "jobs.train", "-m", "cluster=slurm", "cluster.dry_run=true",
+                              "cluster.tasks_per_node=3", "train.global_batch_size=128", "train.seed=range(0,500)",
+                              f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=REPO, capture_output=True, text=True,
+                             timeout=120)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and lines[0] == "error: 500 of 500 sweep member(s) would fail, nothing was submitted:"
+    assert len(lines) == 2 and lines[1].startswith("  members 0-499 (500; the first: member 0 (")
+    assert "not divisible by the 3 data-parallel replicas" in lines[1]
