@@ -207,6 +207,7 @@ def test_a_reason_that_stops_many_members_is_said_once_with_the_members_it_stops
                               f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=REPO, capture_output=True, text=True,
                              timeout=120)
     lines = refused.stderr.strip().splitlines()
-    assert refused.returncode == 2 and lines[0] == "error: 500 of 500 sweep member(s) would fail, nothing was submitted:"
+    assert refused.returncode == 2
+    assert lines[0] == "error: 500 of 500 sweep member(s) would fail, nothing was submitted:"
     assert len(lines) == 2 and lines[1].startswith("  members 0-499 (500; the first: member 0 (")
     assert "not divisible by the 3 data-parallel replicas" in lines[1]

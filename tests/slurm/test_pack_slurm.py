@@ -97,3 +97,23 @@ def test_40_members_packed_8_to_an_allocation_survive_a_preemption_each_resuming
         assert len(events_named(run_dirs[i], "started")) == 1, f"member {i} ran again"
     logs = "".join((sweep_dir / "logs" / f"{array}_{task}_0_log.out").read_text() for task in requeued_tasks)
     assert all(f"member {i}: finished in an earlier run of this allocation; not run again" in logs for i in again)
+
+
+def test_members_of_a_pack_on_two_ranks_each_end_as_if_each_had_run_alone(tmp_path):
+    """Members one after another in the same processes: each joins its own process group, and nothing of the
+    member before it (random state, process group, data) reaches it. Two ranks on one node, two members a pack."""
+    sweep_dir = tmp_path / "sweep"
+    short = ("train.steps=200", "cluster.tasks_per_node=2")
+
+    def alone(seed: int) -> str:  # two local ranks: one CPU each, as the Slurm tasks have
+        train(*short, "cluster=local", f"train.seed={seed}", f"hydra.run.dir={tmp_path / f'alone-{seed}'}")
+        return read_summary(tmp_path / f"alone-{seed}")["param_digest"]
+
+    expected = {seed: in_background(alone, seed) for seed in (1, 3)}
+    train(*short, "cluster=slurm", "train.seed=0,1,2,3", "hydra.launcher.pack=2", f"hydra.sweep.dir={sweep_dir}",
+          sweep=True)
+    status = wait_done(sweep_dir, timeout=240)
+    assert status["counts"] == {"COMPLETED": 4} and [m["ranks"] for m in status["members"]] == [[2]] * 4
+    assert [m["job"] for m in status["members"]][1::2] == [m["job"] for m in status["members"]][0::2]  # shared
+    for seed in (1, 3):  # the second member of each pack
+        assert read_summary(sweep_dir / str(seed))["param_digest"] == expected[seed].result()

@@ -40,6 +40,8 @@ def test_a_12_member_sweep_is_one_array_followed_retried_and_collected(tmp_path)
 
     status = wait_done(tmp_path, timeout=300)
     assert sacct_tasks(array) == {f"{array}_{i}" for i in range(12)}  # one array of 12 tasks, as sacct saw it
+    recent = cli("status").stdout.splitlines()  # no path: the submissions on record, this sweep among them
+    assert recent[1].endswith(str(tmp_path)) and "sweep (slurm)  12" in recent[1], recent
     states = {m["member"]: m["state"] for m in status["members"]}
     assert states == {**{i: "COMPLETED" for i in range(11)}, 11: "FAILED"} and status["exit"] == 1
     assert status["source"] == "sacct" and "training diverged" in status["members"][11]["error"]
