@@ -145,12 +145,12 @@ def check_writable(run_dir: Path, *, setting: str = "run_dir", make: bool = True
     not exist yet is checked by its nearest existing parent, once for all the members it holds."""
     try:
         if not make and not run_dir.exists():
-            _probe(_nearest_existing(run_dir))
+            _probe_once(_nearest_existing(run_dir))
             return
         try:
             run_dir.mkdir(parents=True)  # a directory this process just made is its own: nothing to probe
         except FileExistsError:  # (one file less per member of a big sweep)
-            _probe.__wrapped__(run_dir)
+            _probe(run_dir)
     except OSError as error:
         noun = "sweep directory" if setting == "sweep_dir" else "run directory"
         raise SettingError(f"cannot write to the {noun} {literal(str(run_dir))} "
@@ -165,13 +165,15 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=16)  # 10,000 members in one sweep directory: one probe
 def _probe(directory: Path) -> None:
     if not directory.is_dir():
         raise NotADirectoryError(20, f"{directory} is not a directory")
     probe = directory / f".write-test.{os.getpid()}"
     probe.write_text("ok")
     probe.unlink()
+
+
+_probe_once = functools.lru_cache(maxsize=16)(_probe)  # 10,000 members in one sweep directory: one probe
 
 
 @contextlib.contextmanager

@@ -2,9 +2,10 @@
 
 Every member becomes a ``JobPlan`` and passes the same checks as a single run (``jobs.checks``)
 before anything is submitted; one bad member stops the sweep with its number and overrides named. On
-Slurm, members with the same resources share a job array (split at the cluster's MaxArraySize), and the
-command returns once ``sbatch`` has answered; with ``cluster=local`` a queue process runs them a few at
-a time (``cluster.sweep.local_queue``). The manifest (``cluster.sweep.manifest``) records where each went.
+Slurm, members with the same resources share a job array (split at the cluster's MaxArraySize; with
+``hydra.launcher.pack=N``, N members to an array task), and the command returns once ``sbatch`` has
+answered; with ``cluster=local`` a queue process runs them a few at a time (``cluster.sweep.local_queue``).
+The manifest (``cluster.sweep.manifest``) records where each went.
 """
 
 import dataclasses
