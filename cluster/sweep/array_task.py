@@ -13,9 +13,11 @@ job are not run again, the interrupted one resumes from its checkpoint, the rest
 fails for good is recorded in its run directory and the pack goes on to the next (and does not run it again).
 """
 
+import contextlib
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 from cluster.environment import derive_master_port
@@ -58,6 +60,22 @@ def ended_here(run_dir: Path, job: str) -> str:
     return ""
 
 
+@contextlib.contextmanager
+def own_port(key: str) -> Iterator[None]:
+    """``MASTER_PORT`` for one member of a pack (every rank derives it alike from ``key``), and back as it was: each
+    member joins a process group of its own, and a port of its own spares it the previous member's socket, which
+    the kernel may still hold."""
+    before = os.environ.get("MASTER_PORT")
+    os.environ["MASTER_PORT"] = str(derive_master_port(key))
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["MASTER_PORT"]
+        else:
+            os.environ["MASTER_PORT"] = before
+
+
 def run(sweep_dir: Path, members: list[int], *, pack: int = 1) -> int:
     """Run this array task's members (every rank calls it alike); the task's exit code."""
     task = int(os.environ["SLURM_ARRAY_TASK_ID"])
@@ -75,12 +93,10 @@ def run(sweep_dir: Path, members: list[int], *, pack: int = 1) -> int:
         if ended := ended_here(run_dir, job):
             print(f"member {index}: {ended} in an earlier run of this allocation; not run again", flush=True)
             continue
-        # Each member joins a process group of its own: a port of its own spares the next member the previous
-        # one's socket, which the kernel may still hold.
-        os.environ["MASTER_PORT"] = str(derive_master_port(f"{job}-{index}"))
         print(f"member {index} of the pack {mine[0]}..{mine[-1]}: {run_dir}", flush=True)
         try:
-            fn(*args)
+            with own_port(f"{job}-{index}"):
+                fn(*args)
         except JobEnd:
             raise  # the allocation stops here (a requeue or a stop): the members left wait for it to come back
         except Exception:  # recorded in its run directory by the runtime; the pack goes on

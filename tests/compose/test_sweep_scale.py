@@ -68,6 +68,7 @@ def array_of(tmp_path: Path, outcomes: dict[int, str]) -> None:
 
 
 def test_an_array_task_runs_its_pack_in_order_past_a_failure_and_stops_for_a_requeue(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASTER_PORT", "29400")  # (restored after the test whatever the code does)
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
     array_of(tmp_path, {0: "ok", 1: "ok", 2: "ok", 3: "crash", 4: "ok", 5: "requeue", 6: "ok", 7: "ok"})
@@ -81,6 +82,7 @@ def test_an_array_task_runs_its_pack_in_order_past_a_failure_and_stops_for_a_req
     assert array_task.run(tmp_path, list(range(8)), pack=4) == 0
     assert [index for index, _ in CALLS] == [5, 6, 7]
     assert len({port for _, port in CALLS}) == 3  # a port of its own for each member's process group
+    assert os.environ["MASTER_PORT"] == "29400"  # and the environment as it was: no port leaks to a later run
     # task 0: member 3 fails for good, the pack goes on, and the task's exit code says one failed
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
     CALLS.clear()

@@ -103,7 +103,7 @@ def test_cancel_stops_running_and_pending_members_and_a_lost_queue_is_retried(tm
     assert not (tmp_path / "1" / "events.jsonl").exists()  # cancelled before it started: never ran
 
     retried = cli("retry", str(tmp_path))
-    assert "resubmitted member(s) 0, 1, 2 to a new local queue" in retried.stdout
+    assert "resubmitted member(s) 0-2 to a new local queue" in retried.stdout
     assert cli("cancel", str(tmp_path)).returncode == 0
     ended = wait_done(tmp_path, timeout=60)
     assert [m["state"] for m in ended["members"]] == ["CANCELLED"] * 3 and ended["exit"] == 1
@@ -120,7 +120,7 @@ def test_logs_follow_a_rank_a_retry_runs_members_side_by_side_and_a_sweep_that_c
     # Retried while the first queue still runs member 0: the new queue runs two at a time, and the first queue,
     # once member 0 ends, must leave member 3 (pending in the new queue) alone.
     retried = cli("retry", str(tmp_path), "--parallelism", "2")
-    assert "resubmitted member(s) 1, 2, 3 to a new local queue" in retried.stdout, retried.stdout + retried.stderr
+    assert "resubmitted member(s) 1-3 to a new local queue" in retried.stdout, retried.stdout + retried.stderr
     log = tmp_path / "0" / "logs"
     deadline = time.monotonic() + 60
     while not list(log.glob("*_0_log.out")) and time.monotonic() < deadline:
