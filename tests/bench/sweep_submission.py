@@ -35,6 +35,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="runs of ours per size (median and spread)")
     parser.add_argument("--hydra-python", default="", help="a Python with hydra-submitit-launcher ('': skip)")
     parser.add_argument("--hydra-max", type=int, default=1000, help="largest sweep to give Hydra's launcher")
+    parser.add_argument("--hydra-timeout", type=float, default=1800, help="seconds Hydra's launcher may take to submit")
     return parser.parse_args()
 
 
@@ -72,8 +73,8 @@ def queued(name: str) -> bool:
     return bool(subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True).stdout.strip())
 
 
-def hydras(python: str, size: int, folder: Path) -> tuple[float, int, int]:
-    """(seconds to submission, files, bytes written by then)."""
+def hydras(python: str, size: int, folder: Path, timeout_s: float) -> tuple[float | None, int, int]:
+    """(seconds to submission, or None when it had not submitted after ``timeout_s``; files, bytes written by then)."""
     name = f"hydra-bench-{folder.name}"
     began = time.monotonic()
     process = subprocess.Popen(
@@ -83,12 +84,16 @@ def hydras(python: str, size: int, folder: Path) -> tuple[float, int, int]:
          f"+hydra.launcher.additional_parameters.begin={HELD}",
          f"hydra.launcher.submitit_folder={folder}/.submitit/%j"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    submitted: float | None = None
     while not queued(name):
         if process.poll() is not None:
             raise RuntimeError(f"Hydra's launcher ended with {process.returncode} before submitting")
+        if time.monotonic() - began > timeout_s:
+            break
         time.sleep(0.05)
-    submitted = time.monotonic() - began
-    time.sleep(1)  # submitit renames its pickles once sbatch has answered
+    else:
+        submitted = time.monotonic() - began
+        time.sleep(1)  # submitit renames its pickles once sbatch has answered
     written = files_under(folder)
     subprocess.run(["scancel", "-n", name])
     process.kill()
@@ -112,9 +117,11 @@ def main() -> None:
             row = (f"{size:>7}  {median:>8.2f} ({min(times):.2f}-{max(times):.2f})  "
                    f"{files:>7} ({size_bytes / 1e6:5.1f})")
             if args.hydra_python and size <= args.hydra_max:
-                submitted, hydra_files, hydra_bytes = hydras(args.hydra_python, size, Path(tmp) / f"hydra-{size}")
-                row += (f"  {submitted:>21.2f}  {hydra_files:>7} ({hydra_bytes / 1e6:5.1f})  "
-                        f"{submitted / median:>5.0f}x")
+                submitted, hydra_files, hydra_bytes = hydras(args.hydra_python, size, Path(tmp) / f"hydra-{size}",
+                                                             args.hydra_timeout)
+                took = f"{submitted:.2f}" if submitted is not None else f"> {args.hydra_timeout:.0f} (stopped)"
+                ratio = f"{submitted / median:>5.0f}x" if submitted is not None else "-"
+                row += f"  {took:>21}  {hydra_files:>7} ({hydra_bytes / 1e6:5.1f})  {ratio:>6}"
             elif args.hydra_python:
                 row += f"  {'not run (--hydra-max)':>21}"
             print(row, flush=True)
