@@ -89,7 +89,7 @@ def run(sweep_dir: Path, members: list[int], *, pack: int = 1) -> int:
         if pack == 1:
             fn(*args)  # as a job of its own: its failure is the task's
             return 0
-        run_dir = Path(args[1])
+        run_dir = Path(submission["run_dir"])
         if ended := ended_here(run_dir, job):
             print(f"member {index}: {ended} in an earlier run of this allocation; not run again", flush=True)
             continue

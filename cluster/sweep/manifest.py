@@ -2,8 +2,9 @@
 
 The manifest says, for every member, its overrides, its run directory and where it went in Slurm (array
 job id and task id) with the time of submission; a retry moves the member to its new array task and
-keeps the old one under ``attempts``. Each member's submission (function, arguments, resources) is
-pickled beside it in ``submissions.pkl``, so ``python -m cluster retry`` resubmits it as it was.
+keeps the old one under ``attempts``. Each member's submission (function, arguments, resources, run
+directory) is pickled beside it in ``submissions.pkl``: what its array task runs, and what
+``python -m cluster retry`` resubmits as it was.
 Both are written whole to a temporary file and renamed, so a reader never sees half of one.
 """
 
@@ -79,7 +80,8 @@ class Manifest:
         array task (``cluster.sweep.array_task``). Members share what they have in common (their configs'
         unchanged parts are the same objects), and pickle keeps one copy of a shared object."""
         recorded = load_submissions(self.submissions_path) if self.submissions_path.is_file() else {}
-        recorded.update({member.index: submission for member, submission in submissions})
+        # With its run directory: a pack's task looks there for how each member ended (cluster.sweep.array_task).
+        recorded.update({member.index: {**submission, "run_dir": member.run_dir} for member, submission in submissions})
         write_atomically(self.submissions_path, pickle.dumps(recorded, protocol=pickle.HIGHEST_PROTOCOL))
 
     def load_submission(self, member: Member) -> dict[str, Any]:

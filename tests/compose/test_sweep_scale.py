@@ -64,7 +64,8 @@ def member_task(index: int, run_dir: Path, outcome: str) -> str:
 def array_of(tmp_path: Path, outcomes: dict[int, str]) -> None:
     fn = ByName(__name__, "member_task")
     (tmp_path / "submissions.pkl").write_bytes(pickle.dumps(
-        {i: {"fn": fn, "args": (i, tmp_path / str(i), outcome), "resources": None} for i, outcome in outcomes.items()}))
+        {i: {"fn": fn, "args": (i, tmp_path / str(i), outcome), "resources": None, "run_dir": str(tmp_path / str(i))}
+         for i, outcome in outcomes.items()}))
 
 
 def test_an_array_task_runs_its_pack_in_order_past_a_failure_and_stops_for_a_requeue(tmp_path, monkeypatch):
