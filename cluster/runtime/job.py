@@ -149,11 +149,20 @@ class Job:
                              allowed=self.allow_changes)
             same_layout = marker.get("world_size") == self.world_size
             template = self._state_dicts(state, with_rng=same_layout)
+            saved = saved_keys(folder)
             rng = template.get(rng_key(self.rank), {})
-            if "cuda" in rng and not any(key.startswith(f"{rng_key(self.rank)}.cuda") for key in saved_keys(folder)):
+            if "cuda" in rng and not any(key.startswith(f"{rng_key(self.rank)}.cuda") for key in saved):
                 del rng["cuda"]  # written without CUDA (a CPU run): the GPU's generator keeps its seed
+            # An optimizer saved before its first step (fp16's scaler skipped step 1) has no state in the checkpoint,
+            # while the template's was made up by torch (a step with zero grads): load none, keep none.
+            unstepped = [key for key, value in state.items() if isinstance(value, torch.optim.Optimizer)
+                         and not any(name.startswith(f"{key}.state.") for name in saved)]
+            for key in unstepped:
+                template[key] = {name: v for name, v in template[key].items() if not name.startswith("state.")}
             read_state(template, folder, process_group=self.group)
             self._load(state, template)
+            for key in unstepped:
+                state[key].state.clear()
             self.step = self._saved_step = int(template[PROGRESS]["step"])
             if same_layout:
                 restore_rng_state(template[rng_key(self.rank)])
