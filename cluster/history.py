@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cluster.rundir import append_jsonl, read_jsonl
+from cluster.rundir import append_jsonl, read_jsonl, write_atomically
 
 VARIABLE = "CLUSTERJOBS_HISTORY"
 KEEP = 1000  # lines kept when the file is trimmed: far more than anyone lists
@@ -33,10 +33,7 @@ def record(directory: Path, kind: str, *, members: int = 1, job: str = "") -> No
         file.parent.mkdir(parents=True, exist_ok=True)
         append_jsonl(file, entry)
         if file.stat().st_size > KEEP * 400:  # keep it small: trim to the newest lines
-            lines = file.read_text().splitlines()[-KEEP:]
-            temporary = file.with_name(f".{file.name}.{os.getpid()}")
-            temporary.write_text("\n".join(lines) + "\n")
-            temporary.replace(file)
+            write_atomically(file, "\n".join(file.read_text().splitlines()[-KEEP:]) + "\n")
     except OSError:  # a read-only home: the run matters, its listing does not
         pass
 

@@ -251,7 +251,7 @@ def _sweep_claims(manifest: Path) -> dict[str, str]:
         return {}
     if data.get("kind") != "slurm":
         return {}
-    return {m["run_dir"]: f"{m['job_id']}_{m['task_id']}" if m["task_id"] >= 0 else m["job_id"]
+    return {m["run_dir"]: commands.slurm_id(m["job_id"], m["task_id"])
             for m in data.get("members", []) if m.get("job_id")}
 
 

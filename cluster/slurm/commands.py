@@ -79,6 +79,11 @@ def max_array_size() -> int:
     return 1001  # Slurm's default, for a controller that does not say
 
 
+def slurm_id(job_id: str, task_id: int) -> str:
+    """The id squeue, sacct and scancel know a job by: ``ARRAY_TASK`` for an array task (``task_id`` >= 0)."""
+    return f"{job_id}_{task_id}" if task_id >= 0 else job_id
+
+
 def own_job_id(environ: Mapping[str, str] | None = None) -> str:
     """This task's job as ``scontrol`` takes it: ``<array job>_<task>`` for an array task."""
     environ = os.environ if environ is None else environ

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.rundir import SWEEP_MANIFEST, RunDir, claimed_by, write_atomically
+from cluster.slurm import commands
 
 MANIFEST = SWEEP_MANIFEST
 SUBMISSIONS = "submissions.pkl"
@@ -41,7 +42,7 @@ class Member:
     @property
     def slurm_id(self) -> str:
         """``ARRAY_TASK`` (or a single job's id), the id squeue, sacct and scancel know this member by."""
-        return f"{self.job_id}_{self.task_id}" if self.task_id >= 0 else self.job_id
+        return commands.slurm_id(self.job_id, self.task_id)
 
     def submitted(self, slurm_id: str) -> None:
         """Record its new job: ``ARRAY_TASK``, or a plain job id (submitit submits an array of one as a job)."""
